@@ -1,0 +1,91 @@
+"""The paper's ReID network: SE-ResNet-50 -> spatial self-attention -> GAP -> BNNeck -> FC.
+
+The switches ``use_se``, ``use_sa`` and ``bnneck`` turn the paper's ablation rows (ResNet-50,
++SE, +SA, +SE+SA) and BoT's head into configuration rather than code. Each switch removes
+exactly its own parameters.
+
+Outputs:
+- train mode (``train=True``): ``ReIDOutput(features, logits)`` where ``features`` is the pooled
+  feature *before* the BNNeck (for the triplet loss) and ``logits`` come from the BN'd feature
+  (for the cross-entropy), as in BoT;
+- eval mode: the test feature, after the BNNeck by default (``test_feature="after"``) or before
+  it (``"before"``). Without a BNNeck both names mean the pooled feature.
+
+The head (pooling, BNNeck, classifier) always runs in f32, whatever the backbone's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dualattn.models.attention import SpatialSelfAttention
+from dualattn.models.layers import batch_norm
+from dualattn.models.resnet import RESNET50_STAGES, ResNet
+
+TEST_FEATURES = ("after", "before")
+
+
+class ReIDOutput(NamedTuple):
+    features: jax.Array  # (B, D) f32, before the BNNeck: the triplet loss's input
+    logits: jax.Array  # (B, num_classes) f32: the cross-entropy's input
+
+
+def _as_dtype(dtype) -> jnp.dtype:
+    """Accept ``jnp.bfloat16`` or the config-friendly string ``"bfloat16"``."""
+    return jnp.dtype(dtype)
+
+
+class ReIDNet(nnx.Module):
+
+    def __init__(self, num_classes: int, *, stage_sizes: Sequence[int] = RESNET50_STAGES,
+                 width: int = 64, last_stride: int = 1, use_se: bool = True,
+                 se_reduction: int = 16, use_sa: bool = True, sa_reduction: int = 8,
+                 bnneck: bool = True, test_feature: str = "after", dtype="float32",
+                 param_dtype="float32", rngs: nnx.Rngs):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if test_feature not in TEST_FEATURES:
+            raise ValueError(f"test_feature must be one of {TEST_FEATURES}, got {test_feature!r}")
+        dtype, param_dtype = _as_dtype(dtype), _as_dtype(param_dtype)
+        self.test_feature = test_feature
+        self.backbone = ResNet(stage_sizes=tuple(stage_sizes), width=width,
+                               last_stride=last_stride, use_se=use_se,
+                               se_reduction=se_reduction, dtype=dtype, param_dtype=param_dtype,
+                               rngs=rngs)
+        self.feature_dim = self.backbone.out_channels
+        self.attention = (SpatialSelfAttention(self.feature_dim, sa_reduction, dtype=dtype,
+                                               param_dtype=param_dtype, rngs=rngs)
+                          if use_sa else None)
+        # BNNeck: BoT freezes the BN bias at zero, which is the same as having none.
+        self.bottleneck = (batch_norm(self.feature_dim, use_bias=False, dtype=jnp.float32,
+                                      param_dtype=param_dtype, rngs=rngs)
+                           if bnneck else None)
+        self.classifier = nnx.Linear(self.feature_dim, num_classes, use_bias=False,
+                                     dtype=jnp.float32, param_dtype=param_dtype,
+                                     kernel_init=nnx.initializers.normal(0.001), rngs=rngs)
+
+    def feature_map(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Backbone and self-attention: the (B, H/16, W/16, D) map that is pooled."""
+        fmap = self.backbone(x, train=train)
+        if self.attention is not None:
+            fmap = self.attention(fmap, train=train)
+        return fmap
+
+    def __call__(self, x: jax.Array, *, train: bool) -> ReIDOutput | jax.Array:
+        pooled = jnp.mean(self.feature_map(x, train=train).astype(jnp.float32), axis=(1, 2))
+        neck = pooled
+        if self.bottleneck is not None:
+            neck = self.bottleneck(pooled, use_running_average=not train)
+        if train:
+            return ReIDOutput(features=pooled, logits=self.classifier(neck))
+        return neck if self.test_feature == "after" else pooled
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of trainable scalars (``nnx.Param``); BN running statistics are not counted."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
