@@ -1,0 +1,1 @@
+"""Input data: dataset builders, the synthetic ReID generator, sampling and the grain pipeline."""

@@ -1,0 +1,108 @@
+"""TFDS builders for ReID datasets in their original layouts, usable without TensorFlow.
+
+Each builder reads the user's unpacked folder (TFDS's ``manual_dir``) and writes array_record
+files that ``as_data_source`` serves by random access, which grain needs. Images are stored as
+their original JPEG bytes, unchanged. Features of every split: ``image``, ``pid`` (the
+dataset's own id; 0 is a distractor), ``camid`` (0-based), ``label`` (the contiguous class for
+``train``, -1 elsewhere) and ``path`` (the file name).
+
+``prepare`` is the entry point: it validates the folder completely before TFDS writes anything
+(TFDS then writes into an ``incomplete.*`` folder and renames it only when done, so an
+interrupted prepare is never taken as complete), prints ids and images per split, and reuses
+the prepared files on later runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipeline.datasets import layouts
+from data_pipeline.datasets.layouts import DUKEMTMC_REID, MARKET1501, Layout
+
+
+class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared builder; subclasses set ``LAYOUT`` and a ``name``."""
+
+    LAYOUT: Layout
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Original JPEG bytes, pid, 0-based camid, train labels."}
+
+    def __init__(self, *args, records: dict[str, list[layouts.Record]] | None = None, **kwargs):
+        self._records = records  # already scanned by prepare(); else scanned when generating
+        super().__init__(*args, **kwargs)
+
+    @property
+    def MANUAL_DOWNLOAD_INSTRUCTIONS(self) -> str:  # noqa: N802 - TFDS's name
+        return f"Unpack the dataset and pass its folder as manual_dir: {self.LAYOUT.describe()}."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{self.LAYOUT.name} person re-identification crops.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "pid": tfds.features.Scalar(np.int32),
+                "camid": tfds.features.Scalar(np.int32),
+                "label": tfds.features.Scalar(np.int32),
+                "path": tfds.features.Text(),
+            }),
+        )
+
+    def _split_generators(self, dl_manager):
+        records = self._records or layouts.scan(dl_manager.manual_dir, self.LAYOUT)
+        labels = layouts.train_labels(records["train"])
+        return {split: self._generate_examples(records[split], labels if split == "train" else None)
+                for split in layouts.SPLITS}
+
+    def _generate_examples(self, records, labels):
+        for r in records:
+            yield r.path.name, {
+                "image": r.path.read_bytes(),
+                "pid": r.pid,
+                "camid": r.camid,
+                "label": -1 if labels is None else labels[r.pid],
+                "path": r.path.name,
+            }
+
+
+class Market1501(ReIDBuilder):
+    name = "market1501"
+    LAYOUT = MARKET1501
+
+
+class DukeMTMCReID(ReIDBuilder):
+    name = "dukemtmc_reid"
+    LAYOUT = DUKEMTMC_REID
+
+
+BUILDERS: dict[str, type[ReIDBuilder]] = {b.name: b for b in (Market1501, DukeMTMCReID)}
+
+
+def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
+            verbose: bool = True) -> ReIDBuilder:
+    """Build dataset ``name`` from ``manual_dir`` into ``data_dir`` once; return its builder.
+
+    Raises ``DatasetLayoutError`` with the fix when the folder is wrong; nothing is written then.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    cls = BUILDERS[name]
+    data_dir = Path(data_dir).expanduser()
+    builder = cls(data_dir=str(data_dir), file_format="array_record")
+    if builder.is_prepared():
+        return builder
+    records = layouts.scan(manual_dir, cls.LAYOUT)
+    if verbose:
+        print(layouts.summarize(records, cls.LAYOUT))
+    builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    return builder
+
+
+def data_sources(builder: ReIDBuilder) -> dict[str, tfds.data_sources.ArrayRecordDataSource]:
+    """Random-access sources per split; images stay JPEG bytes for the pipeline to decode."""
+    return builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})
