@@ -6,13 +6,6 @@ from data_pipeline.datasets import DatasetLayoutError, data_sources, prepare
 from data_pipeline.datasets.builders import Market1501
 
 
-@pytest.fixture(scope="module")
-def market_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("market")
-    synthetic.generate(out, train_ids=6, test_ids=5, cameras=3, distractors=4, junk=3)
-    return out
-
-
 def split_column(source, key):
     return np.array([source[i][key] for i in range(len(source))])
 
