@@ -85,7 +85,7 @@ def test_unparseable_names_are_listed(market_dir, tmp_path):
     src = copy_of(market_dir, tmp_path / "m")
     (src / "query" / "person_one.jpg").write_bytes(b"")
     (src / "query" / "Thumbs.db").write_bytes(b"ignored: not a .jpg")
-    with pytest.raises(DatasetLayoutError, match=r"(?s)1 file name.*person_one\.jpg"):
+    with pytest.raises(DatasetLayoutError, match=r"(?s)1 problem.*person_one\.jpg"):
         prepare("market1501", src, tmp_path / "data")
     assert_nothing_prepared(tmp_path / "data")
 
@@ -120,3 +120,78 @@ def test_failure_while_writing_leaves_nothing_that_looks_complete(market_dir, tm
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         prepare("market", tmp_path, tmp_path)
+
+
+def market_entries(market_dir, folder):
+    """(path, pid, 1-based camera) of a generated Market folder, junk and distractors skipped."""
+    from data_pipeline.datasets.layouts import MARKET1501
+    out = []
+    for path in sorted((market_dir / folder).glob("*.jpg")):
+        m = MARKET1501.pattern.match(path.name)
+        if int(m.group(1)) > 0:
+            out.append((path, int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def write_msmt17(market_dir, root, dirs=("train", "test")):
+    """Re-lay a generated Market folder as MSMT17: pid folders, list files, camera in the name."""
+    import shutil
+    lists = {"list_train.txt": [], "list_val.txt": [], "list_query.txt": [],
+             "list_gallery.txt": []}
+    sources = (("bounding_box_train", dirs[0], None), ("query", dirs[1], "list_query.txt"),
+               ("bounding_box_test", dirs[1], "list_gallery.txt"))
+    for folder, image_dir, list_name in sources:
+        for k, (path, pid, cam) in enumerate(market_entries(market_dir, folder)):
+            rel = f"{pid:04d}/{pid:04d}_{k:03d}_{cam:02d}_0303morning_{k:04d}_0.jpg"
+            (root / image_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / image_dir / rel)
+            name = list_name or ("list_val.txt" if k % 5 == 0 else "list_train.txt")
+            lists[name].append(f"{rel} {pid}")
+    for name, lines in lists.items():
+        (root / name).write_text("\n".join(lines) + "\n")
+    return {n: len(v) for n, v in lists.items()}
+
+
+@pytest.mark.filterwarnings("ignore:MSMT17 counts")
+@pytest.mark.parametrize("dirs", [("train", "test"), ("mask_train_v2", "mask_test_v2")])
+def test_msmt17_builder_reads_list_files_of_v1_and_v2(market_dir, tmp_path, dirs):
+    counts = write_msmt17(market_dir, tmp_path / "MSMT17", dirs)
+    sources = data_sources(prepare("msmt17", tmp_path / "MSMT17", tmp_path / "data",
+                                   verbose=False))
+    assert len(sources["train"]) == counts["list_train.txt"] + counts["list_val.txt"]
+    assert len(sources["query"]) == counts["list_query.txt"]
+    assert len(sources["gallery"]) == counts["list_gallery.txt"]
+    expected_cams = {cam - 1 for _, _, cam in market_entries(market_dir, "query")}
+    assert set(split_column(sources["query"], "camid")) == expected_cams
+    assert sorted(set(split_column(sources["train"], "label"))) == list(range(6))
+
+
+def test_msmt17_list_problems_name_file_and_line(market_dir, tmp_path):
+    root = tmp_path / "MSMT17"
+    write_msmt17(market_dir, root)
+    lines = (root / "list_query.txt").read_text().splitlines()
+    lines[1] = "0001/missing_000_01_x_0001_0.jpg 1"
+    lines[2] = "just-a-path.jpg"
+    (root / "list_query.txt").write_text("\n".join(lines))
+    with pytest.raises(DatasetLayoutError, match=r"(?s)2 problem.*list_query.txt:2:.*"
+                                                 r"does not exist.*list_query.txt:3: expected"):
+        prepare("msmt17", root, tmp_path / "data")
+
+
+@pytest.mark.filterwarnings("ignore:CUHK03-NP")
+def test_cuhk03_np_builder_reads_png_folders(market_dir, tmp_path):
+    from PIL import Image
+    from data_pipeline.input_pipeline import decode_resize
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        out = tmp_path / "cuhk03-np" / "detected" / folder
+        out.mkdir(parents=True)
+        for k, (path, pid, cam) in enumerate(market_entries(market_dir, folder)):
+            Image.open(path).save(out / f"{pid:04d}_c{cam}_{k}.png")
+    sources = data_sources(prepare("cuhk03_np_detected", tmp_path / "cuhk03-np",
+                                   tmp_path / "data", verbose=False))
+    assert len(sources["query"]) == len(market_entries(market_dir, "query"))
+    image = sources["train"][0]["image"]
+    assert image[:4] == b"\x89PNG"
+    assert decode_resize(image, 32, 16).shape == (32, 16, 3)
+    with pytest.raises(DatasetLayoutError, match="labeled/bounding_box_train"):
+        prepare("cuhk03_np_labeled", tmp_path / "cuhk03-np", tmp_path / "data2")

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipeline.datasets import layouts
-from data_pipeline.datasets.layouts import DUKEMTMC_REID, MARKET1501, Layout
+from data_pipeline.datasets.layouts import DUKEMTMC_REID, MARKET1501, MSMT17, Layout, cuhk03_np
 
 
 class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -43,7 +43,8 @@ class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self,
             description=f"{self.LAYOUT.name} person re-identification crops.",
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "image": tfds.features.Image(shape=(None, None, 3),
+                                              encoding_format=self.LAYOUT.image_format),
                 "pid": tfds.features.Scalar(np.int32),
                 "camid": tfds.features.Scalar(np.int32),
                 "label": tfds.features.Scalar(np.int32),
@@ -59,12 +60,12 @@ class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, records, labels):
         for r in records:
-            yield r.path.name, {
+            yield r.name, {
                 "image": r.path.read_bytes(),
                 "pid": r.pid,
                 "camid": r.camid,
                 "label": -1 if labels is None else labels[r.pid],
-                "path": r.path.name,
+                "path": r.name,
             }
 
 
@@ -78,7 +79,23 @@ class DukeMTMCReID(ReIDBuilder):
     LAYOUT = DUKEMTMC_REID
 
 
-BUILDERS: dict[str, type[ReIDBuilder]] = {b.name: b for b in (Market1501, DukeMTMCReID)}
+class MSMT17Builder(ReIDBuilder):
+    name = "msmt17"
+    LAYOUT = MSMT17
+
+
+class CUHK03NPDetected(ReIDBuilder):
+    name = "cuhk03_np_detected"
+    LAYOUT = cuhk03_np("detected")
+
+
+class CUHK03NPLabeled(ReIDBuilder):
+    name = "cuhk03_np_labeled"
+    LAYOUT = cuhk03_np("labeled")
+
+
+BUILDERS: dict[str, type[ReIDBuilder]] = {
+    b.name: b for b in (Market1501, DukeMTMCReID, MSMT17Builder, CUHK03NPDetected, CUHK03NPLabeled)}
 
 
 def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,

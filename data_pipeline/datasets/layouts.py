@@ -30,42 +30,150 @@ class Record:
     path: Path
     pid: int  # the dataset's own person id; 0 marks a distractor
     camid: int  # 0-based camera index
+    name: str  # path relative to the dataset folder: a stable key wherever the data lives
+
+
+Entry = tuple[Path, int, int]  # path, pid, 1-based camera
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """One dataset's on-disk convention."""
+    """One dataset's on-disk convention; subclasses say how to list its images."""
 
     name: str
-    folders: dict[str, str]  # split -> folder
-    pattern: re.Pattern  # groups: pid, camera (1-based)
-    example: str
+    example: str  # a valid image name, shown in error messages
     junk_pid: int | None  # images with this pid are dropped at load (Market's -1)
     # Published (train ids, train images, query images, gallery images) for a sanity warning.
     published: tuple[int, int, int, int] | None
+    image_format: str = "jpeg"
 
     def describe(self) -> str:
-        folders = ", ".join(f"{f}/" for f in self.folders.values())
+        raise NotImplementedError
+
+    def missing(self, root: Path) -> list[str]:
+        """Entries of the layout absent under ``root``; empty when ``root`` is the dataset."""
+        raise NotImplementedError
+
+    def entries(self, root: Path) -> tuple[dict[str, list[Entry]], list[str]]:
+        """Every image per split, and the problems found (unparseable names, missing files)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLayout(Layout):
+    """Market-style: one folder per split, pid and camera in each file name."""
+
+    folders: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> folder
+    pattern: re.Pattern = re.compile("")  # groups: pid, camera (1-based)
+    subdir: str = ""  # e.g. CUHK03-NP's "detected"
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.example).suffix
+
+    def describe(self) -> str:
+        prefix = f"{self.subdir}/" if self.subdir else ""
+        folders = ", ".join(f"{prefix}{f}/" for f in self.folders.values())
         return f"{self.name}: a folder holding {folders} with images named like {self.example}"
 
+    def missing(self, root: Path) -> list[str]:
+        return sorted(f"{self.subdir}/{f}".lstrip("/") for f in self.folders.values()
+                      if not (root / self.subdir / f).is_dir())
 
-MARKET1501 = Layout(
-    name="Market-1501",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.jpg$"),
-    example="0002_c1s1_000451_03.jpg",
-    junk_pid=-1,
-    published=(751, 12936, 3368, 15913),
-)
+    def entries(self, root):
+        found, bad = {}, []
+        for split, folder in self.folders.items():
+            found[split] = []
+            # Only images of the dataset's type: the archives carry stray Thumbs.db files.
+            for path in sorted((root / self.subdir / folder).glob(f"*{self.suffix}")):
+                m = self.pattern.match(path.name)
+                if m is None:
+                    bad.append(f"{path}: name does not follow {self.example}")
+                    continue
+                found[split].append((path, int(m.group(1)), int(m.group(2))))
+        return found, bad
 
-DUKEMTMC_REID = Layout(
-    name="DukeMTMC-reID",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(r"^(\d+)_c(\d+)_f\d+\.jpg$"),
-    example="0001_c2_f0046182.jpg",
-    junk_pid=None,
-    published=(702, 16522, 2228, 17661),
-)
+
+@dataclasses.dataclass(frozen=True)
+class ListLayout(Layout):
+    """MSMT17-style: list files of "relative/path pid" lines; camera from the name.
+
+    V1 keeps images in ``train/`` and ``test/``, V2 in ``mask_train_v2/`` and ``mask_test_v2/``;
+    both are recognised. Training uses list_train and list_val together, as the usual
+    protocol does (32,621 images).
+    """
+
+    lists: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    image_dirs: tuple[tuple[str, str], ...] = ()  # (train dir, test dir) per version
+    camera_field: int = 2  # "_"-separated field of the file name holding the camera
+
+    def describe(self) -> str:
+        lists = ", ".join(sorted({f for fs in self.lists.values() for f in fs}))
+        dirs = " or ".join(f"{a}/ + {b}/" for a, b in self.image_dirs)
+        return f"{self.name}: a folder holding {lists} and the images in {dirs}"
+
+    def _dirs(self, root: Path) -> tuple[str, str] | None:
+        return next((d for d in self.image_dirs if all((root / x).is_dir() for x in d)), None)
+
+    def missing(self, root: Path) -> list[str]:
+        needed = sorted({f for fs in self.lists.values() for f in fs if not (root / f).is_file()})
+        if self._dirs(root) is None:
+            needed.append(" or ".join("/ + ".join(d) + "/" for d in self.image_dirs))
+        return needed
+
+    def entries(self, root):
+        train_dir, test_dir = self._dirs(root)
+        found, bad = {}, []
+        for split, list_files in self.lists.items():
+            found[split] = []
+            folder = root / (train_dir if split == "train" else test_dir)
+            for list_file in list_files:
+                for n, line in enumerate((root / list_file).read_text().splitlines(), 1):
+                    if not line.strip():
+                        continue
+                    fields = line.split()
+                    path = folder / fields[0]
+                    try:
+                        pid = int(fields[1])
+                        cam = int(path.name.split("_")[self.camera_field])
+                    except (IndexError, ValueError):
+                        bad.append(f"{root / list_file}:{n}: expected 'path pid' with a name "
+                                   f"like {self.example}, got {line.strip()!r}")
+                        continue
+                    if not path.is_file():
+                        bad.append(f"{root / list_file}:{n}: {path} does not exist")
+                        continue
+                    found[split].append((path, pid, cam))
+        return found, bad
+
+
+_MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+MARKET1501 = FolderLayout(
+    name="Market-1501", example="0002_c1s1_000451_03.jpg", junk_pid=-1,
+    published=(751, 12936, 3368, 15913), folders=_MARKET_FOLDERS,
+    pattern=re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.jpg$"))
+
+DUKEMTMC_REID = FolderLayout(
+    name="DukeMTMC-reID", example="0001_c2_f0046182.jpg", junk_pid=None,
+    published=(702, 16522, 2228, 17661), folders=_MARKET_FOLDERS,
+    pattern=re.compile(r"^(\d+)_c(\d+)_f\d+\.jpg$"))
+
+MSMT17 = ListLayout(
+    name="MSMT17", example="0000_000_01_0303morning_0015_0.jpg", junk_pid=None,
+    published=(1041, 32621, 11659, 82161),
+    lists={"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",),
+           "gallery": ("list_gallery.txt",)},
+    image_dirs=(("train", "test"), ("mask_train_v2", "mask_test_v2")))
+
+
+def cuhk03_np(variant: str) -> FolderLayout:
+    """CUHK03 in Zhong et al.'s new protocol (767 train / 700 test ids), detected or labeled."""
+    published = {"detected": (767, 7365, 1400, 5332), "labeled": (767, 7368, 1400, 5328)}
+    return FolderLayout(
+        name=f"CUHK03-NP ({variant})", example="0001_c1_1.png", junk_pid=None,
+        published=published[variant], image_format="png", folders=_MARKET_FOLDERS,
+        subdir=variant, pattern=re.compile(r"^(\d+)_c(\d+)_\d+\.png$"))
 
 
 def _listing(problems: list[str]) -> str:
@@ -75,7 +183,7 @@ def _listing(problems: list[str]) -> str:
 
 
 def find_root(manual_dir: str | Path, layout: Layout) -> Path:
-    """The folder holding the split folders: ``manual_dir`` itself or its only subfolder.
+    """The dataset folder: ``manual_dir`` itself or its only subfolder.
 
     Archives unpack into one top folder (``Market-1501-v15.09.15/``), so pointing at its parent
     works too.
@@ -84,17 +192,12 @@ def find_root(manual_dir: str | Path, layout: Layout) -> Path:
     if not manual_dir.is_dir():
         raise DatasetLayoutError(f"dataset folder {manual_dir} does not exist; expected "
                                  f"{layout.describe()}")
-    needed = set(layout.folders.values())
-
-    def has_splits(d: Path) -> bool:
-        return all((d / f).is_dir() for f in needed)
-
-    if has_splits(manual_dir):
+    missing = layout.missing(manual_dir)
+    if not missing:
         return manual_dir
     subdirs = [d for d in manual_dir.iterdir() if d.is_dir()]
-    if len(subdirs) == 1 and has_splits(subdirs[0]):
+    if len(subdirs) == 1 and not layout.missing(subdirs[0]):
         return subdirs[0]
-    missing = sorted(f for f in needed if not (manual_dir / f).is_dir())
     raise DatasetLayoutError(f"{manual_dir} is missing {', '.join(missing)}; expected "
                              f"{layout.describe()}")
 
@@ -113,32 +216,19 @@ def _unreadable(path: Path) -> str | None:
 
 def scan(manual_dir: str | Path, layout: Layout, *, check_images: bool = True,
          num_threads: int = 8) -> dict[str, list[Record]]:
-    """Records per split, junk dropped, in sorted file order; raises on any problem.
-
-    Only ``.jpg`` files are considered (the archives carry stray ``Thumbs.db`` files).
-    """
+    """Records per split, junk dropped, in listing order; raises on any problem."""
     root = find_root(manual_dir, layout)
-    records, bad_names, files = {}, [], []
-    for split, folder in layout.folders.items():
-        split_records = []
-        for path in sorted((root / folder).glob("*.jpg")):
-            m = layout.pattern.match(path.name)
-            if m is None:
-                bad_names.append(str(path))
-                continue
-            pid, cam = int(m.group(1)), int(m.group(2))
-            files.append(path)
-            if pid == layout.junk_pid:
-                continue
-            split_records.append(Record(path=path, pid=pid, camid=cam - 1))
-        records[split] = split_records
-    if bad_names:
-        raise DatasetLayoutError(f"{len(bad_names)} file name(s) in {root} do not follow the "
-                                 f"{layout.name} convention (like {layout.example}):"
-                                 + _listing(bad_names))
-    empty = [layout.folders[s] for s in SPLITS if not records[s]]
+    found, problems = layout.entries(root)
+    if problems:
+        raise DatasetLayoutError(f"{len(problems)} problem(s) with the {layout.name} files in "
+                                 f"{root}; expected {layout.describe()}:" + _listing(problems))
+    records = {split: [Record(path, pid, cam - 1, path.relative_to(root).as_posix())
+                       for path, pid, cam in found[split]
+                       if pid != layout.junk_pid] for split in SPLITS}
+    files = [path for split in SPLITS for path, _, _ in found[split]]
+    empty = [s for s in SPLITS if not records[s]]
     if empty:
-        raise DatasetLayoutError(f"no usable images in {', '.join(empty)} under {root}; "
+        raise DatasetLayoutError(f"no usable images for split(s) {', '.join(empty)} in {root}; "
                                  f"expected {layout.describe()}")
     if check_images:
         with ThreadPoolExecutor(num_threads) as pool:  # PIL decodes without the GIL
