@@ -114,6 +114,8 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
     records = layouts.scan(manual_dir, cls.LAYOUT)
     if verbose:
         print(layouts.summarize(records, cls.LAYOUT))
+    else:
+        tfds.disable_progress_bar()
     builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
