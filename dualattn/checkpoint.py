@@ -1,0 +1,74 @@
+"""Checkpoints of the training state: the latest (for resuming) and the best by mAP.
+
+Two orbax managers in ``checkpoints/latest`` and ``checkpoints/best`` rather than one with a
+``best_fn``: combined with ``max_to_keep``, a single manager can delete the newest step when it
+is not among the best, and a resumed run would then go back in time. Orbax writes each step
+into a temporary folder and renames it when complete, so a crash mid-save leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model being built (another config wrote it)."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, keep_latest: int = 2):
+        self.directory = Path(directory).absolute()
+
+        def manager(name: str, keep: int) -> ocp.CheckpointManager:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            return ocp.CheckpointManager(self.directory / name, options=options)
+
+        self.latest = manager("latest", keep_latest)
+        self.best = manager("best", 1)
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.best.latest_step()
+
+    @staticmethod
+    def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:
+        return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta))
+
+    def save_latest(self, step: int, state, meta: dict[str, Any]) -> None:
+        self.latest.save(step, args=self._args(state, meta))
+
+    def save_best(self, step: int, state, metrics: dict[str, Any]) -> None:
+        self.best.save(step, args=self._args(state, {"step": step, **metrics}))
+
+    def _restore(self, manager: ocp.CheckpointManager, step: int, target):
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatchError(
+                f"the checkpoint at {manager.directory}/{step} does not match this model "
+                f"configuration ({type(e).__name__}: {str(e)[:300]}); use the config that wrote "
+                "it, or a new --workdir to start afresh") from e
+        return restored.state, restored.meta
+
+    def restore_latest(self, target) -> tuple[Any, dict]:
+        return self._restore(self.latest, self.latest_step(), target)
+
+    def restore_best(self, target) -> tuple[Any, dict]:
+        if self.best_step() is None:
+            raise FileNotFoundError(f"no best checkpoint under {self.directory / 'best'}: the "
+                                    "run has not evaluated yet")
+        return self._restore(self.best, self.best_step(), target)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()

@@ -1,0 +1,331 @@
+"""Train and evaluate the ReID network: ``python -m dualattn.train --config C --workdir W``.
+
+One program for one device, many devices and many hosts: the jitted train step runs over a
+``Mesh`` with the batch sharded on its ``data`` axis and the state replicated, so BatchNorm
+statistics and batch-hard triplet mining see the *global* batch whatever the device count.
+Each process reads only its own slice of every global batch. Augmentation runs inside the
+step, on the device.
+
+The workdir receives ``metrics.jsonl`` (one JSON object per logged training step and per
+evaluation), and ``checkpoints/latest`` and ``checkpoints/best`` (by mAP). Started again on
+the same workdir, training resumes from the latest checkpoint: data order and augmentation
+randomness are functions of (seed, step), so the resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from data_pipeline import synthetic
+from data_pipeline.datasets import data_sources, prepare
+from data_pipeline.input_pipeline import eval_dataset, train_dataset
+from data_pipeline.sampler import PKSampler
+from dualattn import checkpoint
+from dualattn.augment import AugmentConfig, augment, normalize
+from dualattn.losses import reid_loss
+from dualattn.metrics import compute_distance_matrix, evaluate
+from dualattn.models import ReIDNet
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass
+class Data:
+    sources: dict[str, Any]
+    sampler: PKSampler
+    num_classes: int
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    """Prepare the dataset once (generating the synthetic one if asked) and open its splits."""
+    ds = config.dataset
+    if jax.process_index() == 0:
+        if ds.synthetic and not Path(ds.root).exists():
+            print(f"generating the synthetic dataset in {ds.root} ...")
+            tmp = Path(f"{ds.root}.incomplete")
+            synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,
+                               test_ids=ds.synthetic_test_ids, seed=config.seed)
+            tmp.rename(ds.root)  # a half-written dataset never sits at `root`
+        prepare(ds.name, ds.root, ds.data_dir)
+    multihost_utils.sync_global_devices("dataset prepared")
+    sources = data_sources(prepare(ds.name, ds.root, ds.data_dir, verbose=False))
+    train = sources["train"]
+    labels = np.array([train[i]["label"] for i in range(len(train))])
+    sampler = PKSampler(labels, config.input.p, config.input.k, seed=config.seed)
+    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and optimizer
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> ReIDNet:
+    return ReIDNet(num_classes, **config.model.to_dict(), rngs=nnx.Rngs(config.seed))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """Linear warmup from ``warmup_factor * lr`` over ``warmup_epochs``, then x``decay_factor``
+    at each of ``decay_epochs`` (BoT's schedule, counted in steps)."""
+    o = config.optim
+    warmup_steps = int(o.warmup_epochs * steps_per_epoch)
+    boundaries = {int(e * steps_per_epoch): o.decay_factor for e in o.decay_epochs}
+    decayed = optax.piecewise_constant_schedule(o.lr, boundaries)
+    warmup = optax.linear_schedule(o.lr * o.warmup_factor, o.lr, max(warmup_steps, 1))
+
+    def schedule(step):
+        # optax's piecewise schedule ignores its boundaries for unsigned counts, and NNX's
+        # optimizer counts steps in uint32.
+        step = jnp.asarray(step, jnp.int32)
+        return jnp.where(step < warmup_steps, warmup(step), decayed(step))
+
+    return schedule
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+    """torch ``Adam(lr, weight_decay=wd)``: L2 added to the gradient before Adam's moments."""
+    return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                       optax.adam(schedule))
+
+
+def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                       steps_per_epoch: int):
+    """The model and its optimizer as ``(graphdef, state, schedule)`` for the jitted steps."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    model = create_model(config, num_classes)
+    optimizer = nnx.Optimizer(model, create_optimizer(config, schedule), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    return graphdef, state, schedule
+
+
+def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
+    a = config.augment
+    return AugmentConfig(flip=a.flip, translate=a.translate, rotate_degrees=a.rotate_degrees,
+                         erase_prob=a.erase_prob)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedule):
+    """One optimizer step on a global batch; returns the new state and scalar metrics."""
+    model, optimizer = nnx.merge(graphdef, state)
+    x = augment(rng, images, aug_cfg)
+
+    def loss_fn(model):
+        out = model(x, train=True)
+        parts = reid_loss(out.logits, out.features, labels,
+                          label_smoothing=config.loss.label_smoothing, margin=config.loss.margin,
+                          ce_weight=config.loss.ce_weight,
+                          triplet_weight=config.loss.triplet_weight)
+        return parts.total, (parts, out.logits)
+
+    (_, (parts, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    step = optimizer.step[...]
+    optimizer.update(model, grads)
+    metrics = {
+        "loss": parts.total, "cross_entropy": parts.cross_entropy, "triplet": parts.triplet,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels), "lr": schedule(step),
+    }
+    return nnx.state((model, optimizer)), metrics
+
+
+def eval_step(graphdef, state, images):
+    model, _ = nnx.merge(graphdef, state)
+    return model(normalize(images), train=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def extract_features(eval_fn, graphdef, state, source, config, batch_sharding):
+    """Test features of every record of ``source``, in order, gathered on every host."""
+    chunks, indices = [], []
+    for batch in eval_dataset(source, batch_size=config.input.eval_batch_size,
+                              image_size=(config.input.height, config.input.width),
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count()):
+        images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+        out = multihost_utils.process_allgather(eval_fn(graphdef, state, images), tiled=True)
+        idx = multihost_utils.process_allgather(batch["index"], tiled=True)
+        mask = multihost_utils.process_allgather(batch["mask"], tiled=True)
+        chunks.append(np.asarray(out)[mask])
+        indices.append(idx[mask])
+    feats = np.concatenate(chunks)[np.argsort(np.concatenate(indices), kind="stable")]
+    if config.eval.normalize_features:
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    return feats
+
+
+def split_ids(source) -> tuple[np.ndarray, np.ndarray]:
+    pids = np.array([source[i]["pid"] for i in range(len(source))])
+    camids = np.array([source[i]["camid"] for i in range(len(source))])
+    return pids, camids
+
+
+def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:
+    """Rank-1/5/10, mAP and mINP (fractions) of the current state on query vs gallery."""
+    q = extract_features(eval_fn, graphdef, state, data.sources["query"], config,
+                         batch_sharding)
+    g = extract_features(eval_fn, graphdef, state, data.sources["gallery"], config,
+                         batch_sharding)
+    (q_pids, q_cams), (g_pids, g_cams) = (split_ids(data.sources["query"]),
+                                          split_ids(data.sources["gallery"]))
+    r = evaluate(compute_distance_matrix(q, g, config.eval.metric), q_pids, g_pids, q_cams,
+                 g_cams, max_rank=config.eval.max_rank)
+    cmc = r["cmc"]
+    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
+            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """Appends JSON rows to ``workdir/metrics.jsonl`` (process 0 only) and echoes them."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        row = {k: (round(float(v), 6) if not isinstance(v, str) else v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Train for ``config.optim.epochs`` epochs (resuming if the workdir has a checkpoint) and
+    return the final evaluation."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = load_data(config)
+    spe = data.sampler.steps_per_epoch
+    total_steps = config.optim.epochs * spe
+
+    # Auto axes: XLA propagates the batch sharding through the step (global-batch BN, mining).
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    batch_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    if data.sampler.batch_size % jax.device_count():
+        raise ValueError(f"batch P*K={data.sampler.batch_size} must divide over "
+                         f"{jax.device_count()} devices; change input.p or input.k")
+
+    graphdef, state, schedule = create_train_state(config, data.num_classes, spe)
+    state = jax.device_put(state, replicated)
+
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    start_step, best_map = 0, -1.0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore_latest(state)
+        start_step, best_map = meta["step"], meta["best_mAP"]
+        print(f"resumed from step {start_step} (best mAP so far {best_map:.4f})")
+
+    step_fn = jax.jit(functools.partial(train_step, config=config, aug_cfg=augment_config(config),
+                                        schedule=schedule),
+                      static_argnums=0, donate_argnums=1)
+    eval_fn = jax.jit(eval_step, static_argnums=0)
+    log = MetricsLog(workdir)
+    base_rng = jax.random.key(config.seed)
+
+    batches = train_dataset(data.sources["train"], data.sampler,
+                            image_size=(config.input.height, config.input.width),
+                            start_step=start_step, num_steps=total_steps,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            num_workers=config.input.num_workers)
+    result = {}
+    tic, seen = time.perf_counter(), 0
+    step = start_step
+    for batch in batches:
+        images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+        labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
+        state, metrics = step_fn(graphdef, state, images, labels,
+                                 jax.random.fold_in(base_rng, step))
+        step += 1
+        seen += data.sampler.batch_size
+        if step % config.log_every_steps == 0 or step == total_steps:
+            metrics = jax.device_get(metrics)
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; the last "
+                                         f"good checkpoint is kept in {ckpt.directory}")
+            elapsed = time.perf_counter() - tic
+            log.write({"step": step, "epoch": step / spe, **metrics,
+                       "images_per_s": seen / elapsed})
+            tic, seen = time.perf_counter(), 0
+        epoch_end = step % spe == 0
+        epoch = step // spe
+        if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
+            result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
+            log.write({"step": step, "epoch": epoch, **result})
+            if result["mAP"] > best_map:
+                best_map = result["mAP"]
+                ckpt.save_best(step, state, result)
+        if epoch_end and (epoch % config.checkpoint_every_epochs == 0 or step == total_steps):
+            ckpt.save_latest(step, state, {"step": step, "best_mAP": best_map})
+    ckpt.wait()
+    if not result:  # resumed at the end: nothing left to train, report the final state
+        result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
+    return result
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None or FLAGS.workdir is None:
+        raise app.UsageError("both --config and --workdir are required")
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    if os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print("final: " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in result.items()))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, ending every bad flag in one clear line rather than a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:  # wrong type or malformed value
+        raise SystemExit(f"FATAL flags parsing error: {e}") from None
+    except AttributeError as e:  # raised by ConfigDict for an unknown --config.* key
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        key = str(e).strip("'\"")
+        raise SystemExit(f"FATAL unknown config key '{key}' in {' '.join(overrides)}; every key and "
+                         "its default is listed in configs/common.py") from None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,103 @@
+"""The main job end to end on the tiny config: it learns, checkpoints, resumes and evaluates."""
+
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from dualattn import checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def data_paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return root / "raw", root / "tfds"
+
+
+def tiny_config(data_paths, **optim):
+    c = tiny.get_config()
+    c.dataset.root, c.dataset.data_dir = str(data_paths[0]), str(data_paths[1])
+    for k, v in optim.items():
+        setattr(c.optim, k, v)
+    return c
+
+
+def read_rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_trains_evaluates_checkpoints_and_resumes_exactly(data_paths, tmp_path):
+    straight = tmp_path / "straight"
+    result = train.train_and_evaluate(tiny_config(data_paths, epochs=4), straight)
+    rows = read_rows(straight)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "mAP" in r]
+    assert len(eval_rows) == 4
+    for key in ("step", "rank1", "rank5", "rank10", "mAP", "mINP"):
+        assert key in eval_rows[-1]
+    for key in ("loss", "cross_entropy", "triplet", "lr", "images_per_s"):
+        assert key in train_rows[-1]
+    losses = [r["loss"] for r in train_rows]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
+    assert 0 <= result["mAP"] <= 1
+    assert result == pytest.approx({k: eval_rows[-1][k] for k in result}, abs=1e-6)  # 6 decimals
+
+    # Two epochs, stop, then two more in the same workdir: same parameters as straight through.
+    resumed = tmp_path / "resumed"
+    train.train_and_evaluate(tiny_config(data_paths, epochs=2), resumed)
+    train.train_and_evaluate(tiny_config(data_paths, epochs=4), resumed)
+    assert [r["step"] for r in read_rows(resumed) if "loss" in r] == [r["step"] for r in train_rows]
+
+    def params(workdir):
+        c = tiny_config(data_paths)
+        data = train.load_data(c)
+        _, target, _ = train.create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
+        state, _ = checkpoint.Checkpointer(workdir / "checkpoints").restore_latest(target)
+        return state
+
+    for a, b in zip(jax.tree.leaves(params(straight)), jax.tree.leaves(params(resumed)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_checkpoint_of_another_model_is_refused_with_the_fix(data_paths, tmp_path):
+    train.train_and_evaluate(tiny_config(data_paths, epochs=1), tmp_path)
+    c = tiny_config(data_paths, epochs=2)
+    c.model.use_sa = False
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="new --workdir"):
+        train.train_and_evaluate(c, tmp_path)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.nonexistent=1", "unknown config key 'nonexistent'"),
+    ("--config.model.width=abc", "invalid literal"),
+])
+def test_bad_overrides_give_one_clear_line(override, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dualattn.train", "--config", "configs/tiny.py",
+                           "--workdir", str(tmp_path), override],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+def test_learning_rate_schedule_warms_up_and_steps_down(dtype):
+    c = tiny.get_config()
+    c.optim.lr, c.optim.warmup_epochs, c.optim.warmup_factor = 1e-3, 2, 0.01
+    c.optim.decay_epochs, c.optim.decay_factor = (4, 6), 0.1
+    schedule = train.learning_rate_schedule(c, steps_per_epoch=10)
+    lr = lambda step: float(schedule(dtype(step)))  # noqa: E731
+    # optax's linear schedule evaluates (init - end) * frac + end in f32: recovering 1e-5 from
+    # 1e-3 costs ~6e-11 absolute, i.e. ~8e-6 relative.
+    approx = functools.partial(pytest.approx, rel=2e-5)
+    assert lr(0) == approx(1e-5)
+    assert lr(10) == approx(1e-5 + (1e-3 - 1e-5) / 2)
+    assert lr(20) == approx(1e-3) and lr(39) == approx(1e-3)
+    assert lr(40) == approx(1e-4) and lr(60) == approx(1e-5)
