@@ -222,6 +222,18 @@ class MetricsLog:
 # The loop
 
 
+def data_parallel_shardings() -> tuple[NamedSharding, NamedSharding]:
+    """(batch sharded over every device of every process, replicated) on a 1-D ``data`` mesh.
+
+    Auto axes: XLA propagates the batch sharding through the step, so BatchNorm statistics and
+    triplet mining are computed over the global batch.
+    """
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Train for ``config.optim.epochs`` epochs (resuming if the workdir has a checkpoint) and
     return the final evaluation."""
@@ -231,11 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     spe = data.sampler.steps_per_epoch
     total_steps = config.optim.epochs * spe
 
-    # Auto axes: XLA propagates the batch sharding through the step (global-batch BN, mining).
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    batch_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
+    batch_sharding, replicated = data_parallel_shardings()
     if data.sampler.batch_size % jax.device_count():
         raise ValueError(f"batch P*K={data.sampler.batch_size} must divide over "
                          f"{jax.device_count()} devices; change input.p or input.k")
@@ -298,8 +306,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def define_flags() -> None:
+    """The command line's flags; defined by the entry point only, so importing this module (as
+    dualattn.evaluate does) leaves the global flag registry alone."""
+    config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 
 
 def main(argv):
@@ -328,4 +342,5 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

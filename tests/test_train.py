@@ -101,3 +101,21 @@ def test_learning_rate_schedule_warms_up_and_steps_down(dtype):
     assert lr(10) == approx(1e-5 + (1e-3 - 1e-5) / 2)
     assert lr(20) == approx(1e-3) and lr(39) == approx(1e-3)
     assert lr(40) == approx(1e-4) and lr(60) == approx(1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_evaluate_scores_best_latest_and_untrained(data_paths, tmp_path):
+    from dualattn import evaluate
+    c = tiny_config(data_paths, epochs=2)
+    train.train_and_evaluate(c, tmp_path)
+    best_row = max((r for r in read_rows(tmp_path) if "mAP" in r), key=lambda r: r["mAP"])
+    step, best = evaluate.evaluate_run(c, tmp_path, "best")
+    assert step == best_row["step"] and best["mAP"] == pytest.approx(best_row["mAP"], abs=1e-6)
+    step, _ = evaluate.evaluate_run(c, tmp_path, "latest")
+    assert step == read_rows(tmp_path)[-1]["step"]
+    step, untrained = evaluate.evaluate_run(c, tmp_path, "untrained")
+    assert step == 0 and untrained["mAP"] != best["mAP"]
+    table = evaluate.format_table([("best", 12, best)])
+    assert "mAP" in table.splitlines()[0] and f"{100 * best['mAP']:.2f}%" in table
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        evaluate.evaluate_run(c, tmp_path / "empty", "best")
