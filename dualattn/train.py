@@ -7,7 +7,8 @@ Each process reads only its own slice of every global batch. Augmentation runs i
 step, on the device.
 
 The workdir receives ``metrics.jsonl`` (one JSON object per logged training step and per
-evaluation), and ``checkpoints/latest`` and ``checkpoints/best`` (by mAP). Started again on
+evaluation), the same scalars as TensorBoard event files in ``tensorboard/``, and
+``checkpoints/latest`` and ``checkpoints/best`` (by mAP). Started again on
 the same workdir, training resumes from the latest checkpoint: data order and augmentation
 randomness are functions of (seed, step), so the resumed run continues exactly.
 """
@@ -18,6 +19,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare
@@ -43,6 +46,7 @@ from dualattn.augment import AugmentConfig, augment, normalize
 from dualattn.losses import reid_loss
 from dualattn.metrics import compute_distance_matrix, evaluate
 from dualattn.models import ReIDNet
+from dualattn.summary_writer import SummaryWriter
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -203,19 +207,29 @@ def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding)
 
 
 class MetricsLog:
-    """Appends JSON rows to ``workdir/metrics.jsonl`` (process 0 only) and echoes them."""
+    """Rows to ``workdir/metrics.jsonl`` and TensorBoard event files, echoed to stdout.
+
+    Only process 0 writes. TensorBoard tags are ``train/<key>`` and ``eval/<key>``.
+    """
 
     def __init__(self, workdir: Path):
-        self.path = workdir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        self.tensorboard = SummaryWriter(workdir / "tensorboard") if self.enabled else None
 
-    def write(self, row: dict) -> None:
+    def write(self, kind: str, row: dict) -> None:
         if not self.enabled:
             return
-        row = {k: (round(float(v), 6) if not isinstance(v, str) else v) for k, v in row.items()}
+        row = {k: round(float(v), 6) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        step = int(row["step"])
+        self.tensorboard.scalars(step, {f"{kind}/{k}": v for k, v in row.items() if k != "step"})
+        tqdm.write(f"[{kind}] " + " ".join(f"{k}={v:g}" for k, v in row.items()))
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +287,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     result = {}
     tic, seen = time.perf_counter(), 0
     step = start_step
+    # One bar per epoch, on an interactive terminal of process 0 only (not in CI logs).
+    show_bar = jax.process_index() == 0 and sys.stdout.isatty()
+    bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {step // spe + 1}",
+               disable=not show_bar, leave=False)
     for batch in batches:
         images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
         labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
@@ -280,25 +298,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                  jax.random.fold_in(base_rng, step))
         step += 1
         seen += data.sampler.batch_size
+        bar.update()
         if step % config.log_every_steps == 0 or step == total_steps:
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; the last "
                                          f"good checkpoint is kept in {ckpt.directory}")
             elapsed = time.perf_counter() - tic
-            log.write({"step": step, "epoch": step / spe, **metrics,
-                       "images_per_s": seen / elapsed})
+            log.write("train", {"step": step, "epoch": step / spe, **metrics,
+                                "images_per_s": seen / elapsed})
             tic, seen = time.perf_counter(), 0
         epoch_end = step % spe == 0
         epoch = step // spe
+        if epoch_end:
+            bar.reset()
+            bar.set_description(f"epoch {epoch + 1}")
         if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
             result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
-            log.write({"step": step, "epoch": epoch, **result})
+            log.write("eval", {"step": step, "epoch": epoch, **result})
             if result["mAP"] > best_map:
                 best_map = result["mAP"]
                 ckpt.save_best(step, state, result)
         if epoch_end and (epoch % config.checkpoint_every_epochs == 0 or step == total_steps):
             ckpt.save_latest(step, state, {"step": step, "best_mAP": best_map})
+    bar.close()
+    log.close()
     ckpt.wait()
     if not result:  # resumed at the end: nothing left to train, report the final state
         result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)

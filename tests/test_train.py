@@ -43,6 +43,12 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(data_paths, tmp_path):
         assert key in eval_rows[-1]
     for key in ("loss", "cross_entropy", "triplet", "lr", "images_per_s"):
         assert key in train_rows[-1]
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(straight / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/mAP")] == [r["step"] for r in eval_rows]
+    assert acc.Scalars("train/loss")[-1].value == pytest.approx(train_rows[-1]["loss"], abs=1e-6)
     losses = [r["loss"] for r in train_rows]
     assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
     assert 0 <= result["mAP"] <= 1
