@@ -16,6 +16,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # ImageNet weights for the backbone: a torchvision/timm ResNet-50 .pth or .safetensors file
+    # (read without executing pickled code). "" trains from scratch.
+    c.pretrained = ""
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "market1501"  # market1501 | dukemtmc_reid | msmt17 | cuhk03_np_*

@@ -1,7 +1,8 @@
 """DukeMTMC-reID with the paper's settings.
 
     python -m dualattn.train --config configs/duke.py --workdir runs/duke \
-        --config.dataset.root=/data/DukeMTMC-reID
+        --config.dataset.root=/data/DukeMTMC-reID \\
+        --config.pretrained=/data/resnet50-0676ba61.pth
 """
 
 from configs import common

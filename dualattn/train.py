@@ -46,6 +46,7 @@ from dualattn.augment import AugmentConfig, augment, normalize
 from dualattn.losses import reid_loss
 from dualattn.metrics import compute_distance_matrix, evaluate
 from dualattn.models import ReIDNet
+from dualattn.pretrained import load_backbone_weights
 from dualattn.summary_writer import SummaryWriter
 
 # ---------------------------------------------------------------------------------------------
@@ -112,9 +113,16 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.Gradi
 
 def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
                        steps_per_epoch: int):
-    """The model and its optimizer as ``(graphdef, state, schedule)`` for the jitted steps."""
+    """The model (with ``config.pretrained`` backbone weights, if set) and its optimizer as
+    ``(graphdef, state, schedule)`` for the jitted steps."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
     model = create_model(config, num_classes)
+    if config.pretrained:
+        counts = load_backbone_weights(model, config.pretrained)
+        if jax.process_index() == 0:
+            print(f"loaded {counts['loaded']} backbone tensors from {config.pretrained}"
+                  + (f"; {counts['fresh_se']} SE tensors start fresh" if counts["fresh_se"]
+                     else ""))
     optimizer = nnx.Optimizer(model, create_optimizer(config, schedule), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, schedule

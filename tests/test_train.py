@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import tiny
 from dualattn import checkpoint, train
@@ -125,3 +126,21 @@ def test_evaluate_scores_best_latest_and_untrained(data_paths, tmp_path):
     assert "mAP" in table.splitlines()[0] and f"{100 * best['mAP']:.2f}%" in table
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
         evaluate.evaluate_run(c, tmp_path / "empty", "best")
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_pretrained_backbone_is_loaded_by_the_trainer(data_paths, tmp_path):
+    torch = pytest.importorskip("torch")
+    from tests.test_pretrained import torchvision_state_dict
+    sd = torchvision_state_dict()
+    torch.save(sd, tmp_path / "r50.pth")
+    c = tiny_config(data_paths)
+    c.pretrained = str(tmp_path / "r50.pth")
+    graphdef, state, _ = train.create_train_state(c, 6, 10)
+    model, _ = nnx.merge(graphdef, state)
+    np.testing.assert_array_equal(model.backbone.layer4[0].conv3.kernel[...],
+                                  sd["layer4.0.conv3.weight"].numpy().transpose(2, 3, 1, 0))
+    c.pretrained = str(tmp_path / "missing.pth")
+    from dualattn.pretrained import PretrainedWeightsError
+    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+        train.create_train_state(c, 6, 10)

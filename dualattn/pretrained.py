@@ -1,0 +1,241 @@
+"""ImageNet weights for the backbone from the files users have: torchvision/timm ``.pth`` or
+``.safetensors``, read without torch and without executing pickled code.
+
+- ``.safetensors``: an 8-byte header length, a JSON header, raw little-endian tensors.
+- ``.pth`` / ``.pt`` / ``.bin`` (torch's zip format): ``data.pkl`` is unpickled with a
+  whitelist of exactly the constructors a tensor state dict needs (``OrderedDict``, torch's
+  ``_rebuild_tensor_v2`` / ``_rebuild_parameter`` and the typed storages); anything else, e.g. a
+  pickle that would call ``os.system``, is refused. Tensors are rebuilt from the archive's raw
+  storage files as NumPy arrays.
+
+torchvision's ResNet-50 names (which timm's resnet50 shares) map onto our backbone; SE blocks
+load too when the file has them under timm's ``layerX.Y.se.fc1/fc2``, else they start fresh, as
+do the self-attention module and the head.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+
+class PretrainedWeightsError(ValueError):
+    """The weights file cannot be used; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    raw = path.read_bytes()
+    try:
+        (header_len,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + header_len])
+    except (struct.error, ValueError) as e:
+        raise PretrainedWeightsError(f"{path} is not a valid .safetensors file ({e})") from e
+    body = memoryview(raw)[8 + header_len:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise PretrainedWeightsError(f"{path}: tensor {name} has unsupported dtype "
+                                         f"{info['dtype']}")
+        start, end = info["data_offsets"]
+        arr = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+        out[name] = arr.reshape(info["shape"]).copy()
+    return out
+
+
+class _StorageRef:
+    def __init__(self, dtype, key: str):
+        self.dtype, self.key = dtype, key
+
+
+def _rebuild_tensor(storage: np.ndarray, offset, size, stride, *_args):
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * itemsize for s in stride))
+    return np.array(view)  # contiguous copy
+
+
+def _rebuild_parameter(data, *_args):
+    return data
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Unpickles tensor state dicts only; every other global is refused."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: Path):
+        super().__init__(file)
+        self.archive, self.prefix, self.path = archive, prefix, path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        raise PretrainedWeightsError(
+            f"{self.path} asks to run {module}.{name} when loaded; only tensor state dicts are "
+            "read. Re-save the weights alone (torch.save(model.state_dict(), ...)) or as "
+            ".safetensors")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, _numel = pid
+        if kind != "storage" or storage_type not in _STORAGE_DTYPES:
+            raise PretrainedWeightsError(f"{self.path}: unsupported storage {pid[:2]}")
+        data = self.archive.read(f"{self.prefix}data/{key}")
+        return np.frombuffer(data, dtype=_STORAGE_DTYPES[storage_type])
+
+
+def read_torch_zip(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        raise PretrainedWeightsError(
+            f"{path} is not in torch's zip format (a legacy torch file, or not a torch file); "
+            "re-save it with a current torch.save, or convert it to .safetensors")
+    with zipfile.ZipFile(path) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pkl) != 1:
+            raise PretrainedWeightsError(f"{path}: expected one data.pkl in the archive")
+        prefix = pkl[0][:-len("data.pkl")]
+        if archive.read(f"{prefix}byteorder").decode().strip() != "little" \
+                if f"{prefix}byteorder" in archive.namelist() else False:
+            raise PretrainedWeightsError(f"{path} was saved on a big-endian machine")
+        with archive.open(pkl[0]) as f:
+            try:
+                return _StateDictUnpickler(f, archive, prefix, path).load()
+            except PretrainedWeightsError:
+                raise
+            except Exception as e:  # noqa: BLE001 - corrupt archives fail in many ways
+                raise PretrainedWeightsError(f"{path} could not be read ({type(e).__name__}: "
+                                             f"{e})") from e
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A flat ``name -> array`` dict from a weights file; unwraps ``{"state_dict": ...}`` /
+    ``{"model": ...}`` training checkpoints and DataParallel's ``module.`` prefix."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
+    state = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_zip(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+    arrays = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, np.ndarray)}
+    if not arrays:
+        raise PretrainedWeightsError(f"{path} contains no tensors")
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping torchvision names onto the backbone
+
+
+_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def torchvision_to_backbone_path(name: str) -> tuple | None:
+    """Our backbone path for a torchvision/timm ResNet key, or None when it is not backbone
+    (``fc.*``, ``num_batches_tracked``)."""
+    if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+        return None
+    if m := re.fullmatch(r"conv1\.weight", name):
+        return ("conv1", "kernel")
+    if m := re.fullmatch(r"bn1\.(\w+)", name):
+        return ("bn1", _BN.get(m.group(1), m.group(1)))
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", name):
+        stage, block, rest = f"layer{m.group(1)}", int(m.group(2)), m.group(3)
+        if c := re.fullmatch(r"conv(\d)\.weight", rest):
+            return (stage, block, f"conv{c.group(1)}", "kernel")
+        if b := re.fullmatch(r"bn(\d)\.(\w+)", rest):
+            return (stage, block, f"bn{b.group(1)}", _BN.get(b.group(2), b.group(2)))
+        if rest == "downsample.0.weight":
+            return (stage, block, "downsample_conv", "kernel")
+        if d := re.fullmatch(r"downsample\.1\.(\w+)", rest):
+            return (stage, block, "downsample_bn", _BN.get(d.group(1), d.group(1)))
+        if s := re.fullmatch(r"se\.(fc\d)\.(weight|bias)", rest):
+            return (stage, block, "se", s.group(1), "kernel" if s.group(2) == "weight" else "bias")
+    return ("?", name)  # not a ResNet key: reported as unexpected
+
+
+def to_flax_layout(path: tuple, value: np.ndarray) -> np.ndarray:
+    """Conv OIHW -> HWIO; timm's SE 1x1 convs (out, in, 1, 1) -> Linear (in, out)."""
+    if path[-1] == "kernel" and "se" in path:
+        return value.reshape(value.shape[0], value.shape[1]).T
+    if path[-1] == "kernel":
+        return value.transpose(2, 3, 1, 0)
+    return value
+
+
+def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]:
+    """Copy a torchvision/timm ResNet-50 state dict into ``model.backbone`` in place.
+
+    Every backbone parameter and BN statistic must be in the file except the SE layers
+    (fresh if absent); a missing, unexpected or misshapen key is an error listing them all.
+    Returns counts of loaded tensors and of fresh SE tensors.
+    """
+    source = read_state_dict(path)
+    target = dict(nnx.to_flat_state(nnx.state(model.backbone)))
+    updates, unexpected, shapes, seen = {}, [], [], set()
+    for name, value in source.items():
+        key = torchvision_to_backbone_path(name)
+        if key is None:
+            continue
+        if key not in target:
+            unexpected.append(name)
+            continue
+        seen.add(key)
+        value = to_flax_layout(key, np.asarray(value))
+        expected = target[key].shape
+        if value.shape != expected:
+            shapes.append(f"{name}: file {value.shape} vs model {expected}")
+            continue
+        updates[key] = value.astype(target[key].dtype)
+    missing = [".".join(map(str, k)) for k in target if k not in seen and "se" not in k]
+    problems = ([f"missing from the file: {m}" for m in missing]
+                + [f"not in the backbone: {u}" for u in unexpected]
+                + [f"shape mismatch: {s}" for s in shapes])
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise PretrainedWeightsError(
+            f"{path} does not fit this backbone ({len(problems)} problem(s)); it must be a "
+            f"torchvision/timm ResNet with model.stage_sizes and model.width matching the file "
+            f"(ResNet-50: (3, 4, 6, 3) and 64):\n  {shown}{more}")
+    state = nnx.state(model.backbone)
+    flat = dict(nnx.to_flat_state(state))
+    for key, value in updates.items():
+        flat[key][...] = value
+    nnx.update(model.backbone, state)
+    fresh_se = sum(1 for k in target if "se" in k and k not in updates)
+    return {"loaded": len(updates), "fresh_se": fresh_se}

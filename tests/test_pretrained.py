@@ -1,0 +1,144 @@
+import collections
+import os
+import pickle
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from dualattn.models import ReIDNet
+from dualattn.pretrained import (PretrainedWeightsError, load_backbone_weights,
+                                 read_state_dict)
+
+torch = pytest.importorskip("torch")
+TINY = dict(stage_sizes=(1, 1, 1, 1), width=8)
+
+
+def torchvision_state_dict(seed=0, stage_sizes=(1, 1, 1, 1), width=8, with_se=False):
+    """Random tensors under torchvision's ResNet names and torch's layouts (OIHW)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = collections.OrderedDict()
+
+    def bn(prefix, c):
+        sd[f"{prefix}.weight"] = torch.rand(c, generator=g) + 0.5
+        sd[f"{prefix}.bias"] = torch.randn(c, generator=g)
+        sd[f"{prefix}.running_mean"] = torch.randn(c, generator=g)
+        sd[f"{prefix}.running_var"] = torch.rand(c, generator=g) + 0.5
+        sd[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
+
+    sd["conv1.weight"] = torch.randn(width, 3, 7, 7, generator=g)
+    bn("bn1", width)
+    cin = width
+    for i, n in enumerate(stage_sizes):
+        w = width * 2**i
+        for j in range(n):
+            p = f"layer{i + 1}.{j}"
+            sd[f"{p}.conv1.weight"] = torch.randn(w, cin, 1, 1, generator=g)
+            bn(f"{p}.bn1", w)
+            sd[f"{p}.conv2.weight"] = torch.randn(w, w, 3, 3, generator=g)
+            bn(f"{p}.bn2", w)
+            sd[f"{p}.conv3.weight"] = torch.randn(4 * w, w, 1, 1, generator=g)
+            bn(f"{p}.bn3", 4 * w)
+            if j == 0:
+                sd[f"{p}.downsample.0.weight"] = torch.randn(4 * w, cin, 1, 1, generator=g)
+                bn(f"{p}.downsample.1", 4 * w)
+            if with_se:
+                sd[f"{p}.se.fc1.weight"] = torch.randn(max(1, 4 * w // 16), 4 * w, 1, 1,
+                                                       generator=g)
+                sd[f"{p}.se.fc1.bias"] = torch.randn(max(1, 4 * w // 16), generator=g)
+                sd[f"{p}.se.fc2.weight"] = torch.randn(4 * w, max(1, 4 * w // 16), 1, 1,
+                                                       generator=g)
+                sd[f"{p}.se.fc2.bias"] = torch.randn(4 * w, generator=g)
+            cin = 4 * w
+    sd["fc.weight"] = torch.randn(1000, cin, generator=g)
+    sd["fc.bias"] = torch.randn(1000, generator=g)
+    return sd
+
+
+def test_pth_reader_agrees_with_torch_weights_only_load(tmp_path):
+    sd = torchvision_state_dict()
+    sd["half"] = torch.randn(3, 4).half()
+    sd["transposed"] = torch.randn(4, 5).t()  # non-contiguous strides
+    sd["bf16"] = torch.randn(6).bfloat16()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "w.pth")
+    ours = read_state_dict(tmp_path / "w.pth")
+    reference = torch.load(tmp_path / "w.pth", weights_only=True)["state_dict"]
+    assert sorted(ours) == sorted(k.removeprefix("module.") for k in reference)
+    for k, v in reference.items():
+        np.testing.assert_array_equal(ours[k.removeprefix("module.")],
+                                      v.float().numpy() if v.dtype == torch.bfloat16
+                                      else v.numpy())
+
+
+def test_safetensors_reader(tmp_path):
+    from safetensors.numpy import save_file
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(2, np.int64)}
+    save_file(arrays, str(tmp_path / "w.safetensors"))
+    ours = read_state_dict(tmp_path / "w.safetensors")
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(ours[k], v)
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"conv1.weight": Exploit()}))
+    with pytest.raises(PretrainedWeightsError, match=r"asks to run (posix|os)\.system"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_not_a_zip_or_missing(tmp_path):
+    (tmp_path / "old.pth").write_bytes(b"\x80\x02legacy torch format")
+    with pytest.raises(PretrainedWeightsError, match="zip format"):
+        read_state_dict(tmp_path / "old.pth")
+    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("with_se", [False, True])
+def test_torchvision_weights_land_in_the_backbone(tmp_path, with_se):
+    sd = torchvision_state_dict(with_se=with_se)
+    torch.save(sd, tmp_path / "r50.pth")
+    model = ReIDNet(5, **TINY, rngs=nnx.Rngs(0))
+    se_before = np.asarray(model.backbone.layer1[0].se.fc1.kernel[...])
+    untouched = jax.tree.map(np.asarray, (nnx.state(model.attention), nnx.state(model.classifier)))
+    counts = load_backbone_weights(model, tmp_path / "r50.pth")
+    bb = model.backbone
+    np.testing.assert_array_equal(bb.conv1.kernel[...], sd["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(bb.layer2[0].downsample_bn.var[...],
+                                  sd["layer2.0.downsample.1.running_var"].numpy())
+    np.testing.assert_array_equal(bb.layer3[0].bn2.scale[...], sd["layer3.0.bn2.weight"].numpy())
+    se = np.asarray(bb.layer1[0].se.fc1.kernel[...])
+    if with_se:
+        np.testing.assert_array_equal(se, sd["layer1.0.se.fc1.weight"].numpy()[:, :, 0, 0].T)
+        assert counts["fresh_se"] == 0
+    else:
+        np.testing.assert_array_equal(se, se_before)
+        assert counts["fresh_se"] == 16
+    for a, b in zip(jax.tree.leaves(untouched),
+                    jax.tree.leaves((nnx.state(model.attention), nnx.state(model.classifier)))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weights_for_another_architecture_list_every_problem(tmp_path):
+    sd = torchvision_state_dict(width=16)  # twice as wide as the model
+    del sd["layer4.0.conv3.weight"]
+    sd["head.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "other.pth")
+    model = ReIDNet(5, **TINY, rngs=nnx.Rngs(0))
+    before = np.asarray(model.backbone.conv1.kernel[...])
+    with pytest.raises(PretrainedWeightsError) as err:
+        load_backbone_weights(model, tmp_path / "other.pth")
+    message = str(err.value)
+    assert "missing from the file: layer4.0.conv3.kernel" in message
+    assert "not in the backbone: head.weight" in message
+    assert "shape mismatch: conv1.weight" in message
+    np.testing.assert_array_equal(model.backbone.conv1.kernel[...], before)  # nothing changed
