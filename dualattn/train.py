@@ -307,16 +307,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         step += 1
         seen += data.sampler.batch_size
         bar.update()
-        if step % config.log_every_steps == 0 or step == total_steps:
+        epoch_end = step % spe == 0
+        if step % config.log_every_steps == 0 or epoch_end:
+            # Before any log row or checkpoint: non-finite parameters give a non-finite loss at
+            # every later step, so this keeps bad states out of checkpoints.
             metrics = jax.device_get(metrics)
             if not np.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; the last "
                                          f"good checkpoint is kept in {ckpt.directory}")
+        if step % config.log_every_steps == 0 or step == total_steps:
             elapsed = time.perf_counter() - tic
             log.write("train", {"step": step, "epoch": step / spe, **metrics,
                                 "images_per_s": seen / elapsed})
             tic, seen = time.perf_counter(), 0
-        epoch_end = step % spe == 0
         epoch = step // spe
         if epoch_end:
             bar.reset()

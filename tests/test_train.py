@@ -144,3 +144,17 @@ def test_pretrained_backbone_is_loaded_by_the_trainer(data_paths, tmp_path):
     from dualattn.pretrained import PretrainedWeightsError
     with pytest.raises(PretrainedWeightsError, match="does not exist"):
         train.create_train_state(c, 6, 10)
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+        data_paths, tmp_path):
+    c = tiny_config(data_paths, epochs=1)
+    train.train_and_evaluate(c, tmp_path)
+    saved = checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step()
+    c = tiny_config(data_paths, epochs=2, lr=float("nan"))
+    # Step saved+1 computes its loss from good parameters; its NaN-rate update poisons them, so
+    # the loss first turns NaN at step saved+2.
+    with pytest.raises(FloatingPointError, match=f"at step {saved + 2};"):
+        train.train_and_evaluate(c, tmp_path)
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == saved
