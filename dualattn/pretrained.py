@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import struct
 import zipfile
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 from flax import nnx
+
+from dualattn.interop.names import to_flax_layout, torch_name
 
 
 class PretrainedWeightsError(ValueError):
@@ -158,43 +159,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Mapping torchvision names onto the backbone
-
-
-_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
-
-
-def torchvision_to_backbone_path(name: str) -> tuple | None:
-    """Our backbone path for a torchvision/timm ResNet key, or None when it is not backbone
-    (``fc.*``, ``num_batches_tracked``)."""
-    if name.startswith("fc.") or name.endswith("num_batches_tracked"):
-        return None
-    if m := re.fullmatch(r"conv1\.weight", name):
-        return ("conv1", "kernel")
-    if m := re.fullmatch(r"bn1\.(\w+)", name):
-        return ("bn1", _BN.get(m.group(1), m.group(1)))
-    if m := re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", name):
-        stage, block, rest = f"layer{m.group(1)}", int(m.group(2)), m.group(3)
-        if c := re.fullmatch(r"conv(\d)\.weight", rest):
-            return (stage, block, f"conv{c.group(1)}", "kernel")
-        if b := re.fullmatch(r"bn(\d)\.(\w+)", rest):
-            return (stage, block, f"bn{b.group(1)}", _BN.get(b.group(2), b.group(2)))
-        if rest == "downsample.0.weight":
-            return (stage, block, "downsample_conv", "kernel")
-        if d := re.fullmatch(r"downsample\.1\.(\w+)", rest):
-            return (stage, block, "downsample_bn", _BN.get(d.group(1), d.group(1)))
-        if s := re.fullmatch(r"se\.(fc\d)\.(weight|bias)", rest):
-            return (stage, block, "se", s.group(1), "kernel" if s.group(2) == "weight" else "bias")
-    return ("?", name)  # not a ResNet key: reported as unexpected
-
-
-def to_flax_layout(path: tuple, value: np.ndarray) -> np.ndarray:
-    """Conv OIHW -> HWIO; timm's SE 1x1 convs (out, in, 1, 1) -> Linear (in, out)."""
-    if path[-1] == "kernel" and "se" in path:
-        return value.reshape(value.shape[0], value.shape[1]).T
-    if path[-1] == "kernel":
-        return value.transpose(2, 3, 1, 0)
-    return value
+# Loading into the backbone (names and layouts: dualattn.interop.names)
 
 
 def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]:
@@ -206,12 +171,13 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
     """
     source = read_state_dict(path)
     target = dict(nnx.to_flat_state(nnx.state(model.backbone)))
+    by_name = {torch_name(key): key for key in target}
     updates, unexpected, shapes, seen = {}, [], [], set()
     for name, value in source.items():
-        key = torchvision_to_backbone_path(name)
+        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+            continue  # ImageNet classifier and BN counters: not part of our backbone
+        key = by_name.get(name)
         if key is None:
-            continue
-        if key not in target:
             unexpected.append(name)
             continue
         seen.add(key)
