@@ -119,3 +119,74 @@ def test_conversion_errors_list_every_key():
     msg = str(err.value)
     assert "missing: layer1.0.conv1.weight" in msg and "unexpected: extra.weight" in msg
     assert "shape: classifier.weight" in msg and "missing: classifier.weight" not in msg
+
+
+def torch_triplet_hard(feats, labels, margin=0.3):
+    """Batch-hard triplet as the PyTorch toolkits write it: masked max / min of distances."""
+    sq = (feats ** 2).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    dist_ap = torch.where(same, dist, torch.full_like(dist, -float("inf"))).max(1).values
+    dist_an = torch.where(same, torch.full_like(dist, float("inf")), dist).min(1).values
+    return torch.relu(dist_ap - dist_an + margin).mean()
+
+
+# Parameters whose true gradient is exactly zero with a BNNeck: a constant on K shifts each
+# softmax row uniformly (no effect), and a constant on V shifts every position of o, hence the
+# pooled feature of every sample alike, which the BNNeck's batch normalisation and the triplet
+# distances both cancel. Both frameworks compute rounding noise (~1e-10) there, and Adam's
+# division by sqrt(v) turns noise into updates, so their trajectories differ by noise alone.
+ZERO_GRADIENT = ("attention.key_bn.bias", "attention.value_bn.bias")
+
+
+def test_gradients_and_three_adam_steps_match(images):
+    from configs import tiny
+    from dualattn.interop.names import to_torch_layout, torch_name
+    from dualattn.train import create_optimizer
+
+    model = perturbed_model()
+    twin = twin_of(model).train()
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    config = tiny.get_config()
+    lr, wd = 1e-3, config.optim.weight_decay
+    optimizer = nnx.Optimizer(model, create_optimizer(config, lr), wrt=nnx.Param)
+    torch_opt = torch.optim.Adam([p for p in twin.parameters() if p.requires_grad], lr=lr,
+                                 weight_decay=wd)
+
+    @nnx.jit
+    def jax_step(model, optimizer, x, y):
+        def loss_fn(model):
+            out = model(x, train=True)
+            return reid_loss(out.logits, out.features, y).total
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss, grads
+
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    xt, yt = to_nchw(images), torch.from_numpy(labels)
+    for step in range(3):
+        loss, grads = jax_step(model, optimizer, x, y)
+        torch_opt.zero_grad()
+        feats, logits = twin(xt)
+        torch_loss = (torch.nn.functional.cross_entropy(logits, yt, label_smoothing=0.1)
+                      + torch_triplet_hard(feats, yt))
+        torch_loss.backward()
+        if step == 0:
+            assert float(loss) == pytest.approx(torch_loss.item(), rel=1e-5)
+            ours = {}
+            for path, g in nnx.to_flat_state(grads):
+                ours[torch_name(path)] = to_torch_layout(path, np.asarray(g[...]))
+            scale = max(np.abs(g).max() for g in ours.values())
+            for name in ZERO_GRADIENT:
+                assert np.abs(ours[name]).max() < 1e-6 * scale
+                assert np.abs(dict(twin.named_parameters())[name].grad.numpy()).max() < 1e-6 * scale
+            for name, p in twin.named_parameters():
+                if p.requires_grad:  # the BNNeck bias is frozen in torch and absent in ours
+                    np.testing.assert_allclose(ours[name], p.grad.numpy(), rtol=1e-4,
+                                               atol=1e-5 * scale, err_msg=name)
+        torch_opt.step()
+    converted = flax_to_torch(model)
+    for name, p in twin.named_parameters():
+        if name not in ZERO_GRADIENT:
+            np.testing.assert_allclose(converted[name], p.detach().numpy(), rtol=1e-4,
+                                       atol=1e-6, err_msg=name)
