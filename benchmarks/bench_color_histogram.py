@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import data_sources, prepare
+from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize
 from dualattn.metrics import compute_distance_matrix, evaluate
 
@@ -49,9 +49,8 @@ def hellinger_features(hists: np.ndarray) -> np.ndarray:
 
 
 def split_arrays(source):
-    records = [source[i] for i in range(len(source))]
-    images = [decode_resize(r["image"], 128, 64) for r in records]
-    return images, np.array([r["pid"] for r in records]), np.array([r["camid"] for r in records])
+    jpegs, pids, camids = read_columns(source, "image", "pid", "camid")
+    return [decode_resize(j, 128, 64) for j in jpegs], pids, camids
 
 
 def main():

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import data_sources, prepare
+from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize, train_dataset
 from data_pipeline.sampler import PKSampler
 from dualattn.augment import AugmentConfig, augment
@@ -54,7 +54,7 @@ def main():
         synthetic.generate(f"{tmp}/raw", train_ids=100, test_ids=4, seed=0)
         sources = data_sources(prepare("market1501", f"{tmp}/raw", f"{tmp}/tfds", verbose=False))
         train = sources["train"]
-        labels = np.array([train[i]["label"] for i in range(len(train))])
+        (labels,) = read_columns(train, "label")
         sampler = PKSampler(labels, p=args.batch // 4, k=4, seed=0)
         steps = 5 + args.steps  # 5 warm-up batches, then the timed ones
 

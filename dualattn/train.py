@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import data_sources, prepare
+from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import eval_dataset, train_dataset
 from data_pipeline.sampler import PKSampler
 from dualattn import checkpoint
@@ -58,6 +58,7 @@ class Data:
     sources: dict[str, Any]
     sampler: PKSampler
     num_classes: int
+    ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
@@ -73,10 +74,10 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
         prepare(ds.name, ds.root, ds.data_dir)
     multihost_utils.sync_global_devices("dataset prepared")
     sources = data_sources(prepare(ds.name, ds.root, ds.data_dir, verbose=False))
-    train = sources["train"]
-    labels = np.array([train[i]["label"] for i in range(len(train))])
+    (labels,) = read_columns(sources["train"], "label")
     sampler = PKSampler(labels, config.input.p, config.input.k, seed=config.seed)
-    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1)
+    ids = {split: read_columns(sources[split], "pid", "camid") for split in ("query", "gallery")}
+    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,20 +190,13 @@ def extract_features(eval_fn, graphdef, state, source, config, batch_sharding):
     return feats
 
 
-def split_ids(source) -> tuple[np.ndarray, np.ndarray]:
-    pids = np.array([source[i]["pid"] for i in range(len(source))])
-    camids = np.array([source[i]["camid"] for i in range(len(source))])
-    return pids, camids
-
-
 def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:
     """Rank-1/5/10, mAP and mINP (fractions) of the current state on query vs gallery."""
     q = extract_features(eval_fn, graphdef, state, data.sources["query"], config,
                          batch_sharding)
     g = extract_features(eval_fn, graphdef, state, data.sources["gallery"], config,
                          batch_sharding)
-    (q_pids, q_cams), (g_pids, g_cams) = (split_ids(data.sources["query"]),
-                                          split_ids(data.sources["gallery"]))
+    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     r = evaluate(compute_distance_matrix(q, g, config.eval.metric), q_pids, g_pids, q_cams,
                  g_cams, max_rank=config.eval.max_rank)
     cmc = r["cmc"]

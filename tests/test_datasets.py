@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import DatasetLayoutError, data_sources, prepare
+from data_pipeline.datasets import DatasetLayoutError, data_sources, prepare, read_columns
 from data_pipeline.datasets.builders import Market1501
 
 
 def split_column(source, key):
-    return np.array([source[i][key] for i in range(len(source))])
+    (column,) = read_columns(source, key)
+    return column
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipeline.datasets import read_columns
 from data_pipeline.input_pipeline import decode_resize, eval_dataset, train_dataset
 from data_pipeline.sampler import PKSampler
 
@@ -12,8 +13,8 @@ SIZE = (48, 24)
 
 @pytest.fixture(scope="module")
 def train_labels(market_sources):
-    src = market_sources["train"]
-    return np.array([src[i]["label"] for i in range(len(src))])
+    (labels,) = read_columns(market_sources["train"], "label")
+    return labels
 
 
 def test_decode_resize():

@@ -1,6 +1,6 @@
 """ReID datasets in their original layouts, built once into array_record files by TFDS."""
 
-from data_pipeline.datasets.builders import BUILDERS, data_sources, prepare
+from data_pipeline.datasets.builders import BUILDERS, data_sources, prepare, read_columns
 from data_pipeline.datasets.layouts import DatasetLayoutError
 
-__all__ = ["BUILDERS", "DatasetLayoutError", "data_sources", "prepare"]
+__all__ = ["BUILDERS", "DatasetLayoutError", "data_sources", "prepare", "read_columns"]

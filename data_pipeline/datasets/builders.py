@@ -122,6 +122,18 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
     return builder
 
 
+def read_columns(source, *keys: str) -> tuple[np.ndarray, ...]:
+    """Whole columns of a split (e.g. ``"pid", "camid"``), reading each record once."""
+    records = [source[i] for i in range(len(source))]
+
+    def column(values):
+        # bytes/str stay objects: NumPy's fixed-width "S" arrays drop trailing NUL bytes.
+        textual = bool(values) and isinstance(values[0], (bytes, str))
+        return np.array(values, dtype=object if textual else None)
+
+    return tuple(column([r[k] for r in records]) for k in keys)
+
+
 def data_sources(builder: ReIDBuilder) -> dict[str, tfds.data_sources.ArrayRecordDataSource]:
     """Random-access sources per split; images stay JPEG bytes for the pipeline to decode."""
     return builder.as_data_source(decoders={"image": tfds.decode.SkipDecoding()})
