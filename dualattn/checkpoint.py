@@ -34,9 +34,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def best_step(self) -> int | None:
-        return self.best.latest_step()
-
     @staticmethod
     def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:
         return ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -48,7 +45,10 @@ class Checkpointer:
     def save_best(self, step: int, state, metrics: dict[str, Any]) -> None:
         self.best.save(step, args=self._args(state, {"step": step, **metrics}))
 
-    def _restore(self, manager: ocp.CheckpointManager, step: int, target):
+    def _restore(self, manager: ocp.CheckpointManager, target, missing: str):
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {manager.directory}: {missing}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(
@@ -61,13 +61,10 @@ class Checkpointer:
         return restored.state, restored.meta
 
     def restore_latest(self, target) -> tuple[Any, dict]:
-        return self._restore(self.latest, self.latest_step(), target)
+        return self._restore(self.latest, target, "the run has not saved yet")
 
     def restore_best(self, target) -> tuple[Any, dict]:
-        if self.best_step() is None:
-            raise FileNotFoundError(f"no best checkpoint under {self.directory / 'best'}: the "
-                                    "run has not evaluated yet")
-        return self._restore(self.best, self.best_step(), target)
+        return self._restore(self.best, target, "the run has not evaluated yet")
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

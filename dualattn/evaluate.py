@@ -30,12 +30,8 @@ def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int,
     step = 0
     if which != "untrained":
         ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
-        if which == "best":
-            state, meta = ckpt.restore_best(state)
-        elif ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint under {ckpt.directory / 'latest'}")
-        else:
-            state, meta = ckpt.restore_latest(state)
+        restore = ckpt.restore_best if which == "best" else ckpt.restore_latest
+        state, meta = restore(state)
         step = meta["step"]
     state = jax.device_put(state, replicated)
     eval_fn = jax.jit(train.eval_step, static_argnums=0)

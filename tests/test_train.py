@@ -124,8 +124,9 @@ def test_evaluate_scores_best_latest_and_untrained(data_paths, tmp_path):
     assert step == 0 and untrained["mAP"] != best["mAP"]
     table = evaluate.format_table([("best", 12, best)])
     assert "mAP" in table.splitlines()[0] and f"{100 * best['mAP']:.2f}%" in table
-    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
-        evaluate.evaluate_run(c, tmp_path / "empty", "best")
+    for which, reason in (("best", "not evaluated yet"), ("latest", "not saved yet")):
+        with pytest.raises(FileNotFoundError, match=f"no checkpoint under .*{which}.*{reason}"):
+            evaluate.evaluate_run(c, tmp_path / "empty", which)
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
