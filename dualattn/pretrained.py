@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from dualattn.interop.names import to_flax_layout, torch_name
+from dualattn.interop.convert import assign, match_state_dict
 
 
 class PretrainedWeightsError(ValueError):
@@ -170,23 +170,11 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
     Returns counts of loaded tensors and of fresh SE tensors.
     """
     source = read_state_dict(path)
-    target = dict(nnx.to_flat_state(nnx.state(model.backbone)))
-    by_name = {torch_name(key): key for key in target}
-    updates, unexpected, shapes, seen = {}, [], [], set()
-    for name, value in source.items():
-        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
-            continue  # ImageNet classifier and BN counters: not part of our backbone
-        key = by_name.get(name)
-        if key is None:
-            unexpected.append(name)
-            continue
-        seen.add(key)
-        value = to_flax_layout(key, np.asarray(value))
-        expected = target[key].shape
-        if value.shape != expected:
-            shapes.append(f"{name}: file {value.shape} vs model {expected}")
-            continue
-        updates[key] = value.astype(target[key].dtype)
+    state = nnx.state(model.backbone)
+    target = dict(nnx.to_flat_state(state))
+    # The ImageNet classifier and BN counters are not part of our backbone.
+    updates, unexpected, shapes, seen = match_state_dict(
+        source, target, lambda n: n.startswith("fc.") or n.endswith("num_batches_tracked"))
     missing = [".".join(map(str, k)) for k in target if k not in seen and "se" not in k]
     problems = ([f"missing from the file: {m}" for m in missing]
                 + [f"not in the backbone: {u}" for u in unexpected]
@@ -198,10 +186,6 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
             f"{path} does not fit this backbone ({len(problems)} problem(s)); it must be a "
             f"torchvision/timm ResNet with model.stage_sizes and model.width matching the file "
             f"(ResNet-50: (3, 4, 6, 3) and 64):\n  {shown}{more}")
-    state = nnx.state(model.backbone)
-    flat = dict(nnx.to_flat_state(state))
-    for key, value in updates.items():
-        flat[key][...] = value
-    nnx.update(model.backbone, state)
+    assign(model.backbone, state, updates)
     fresh_se = sum(1 for k in target if "se" in k and k not in updates)
     return {"loaded": len(updates), "fresh_se": fresh_se}

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from data_pipeline import synthetic

@@ -33,31 +33,52 @@ def flax_to_torch(model: nnx.Module) -> dict[str, np.ndarray]:
     return out
 
 
+def match_state_dict(state_dict: dict[str, np.ndarray], target: dict[tuple, nnx.Variable],
+                     skip=lambda name: False) -> tuple[dict, list[str], list[str], set]:
+    """Pair PyTorch names with the Flax variables in ``target`` (a flat state).
+
+    Returns ``(updates, unexpected, shape_mismatches, seen)``: arrays in Flax layout by path,
+    names with no variable, ``"name: file (..) vs model (..)"`` lines, and the paths the file
+    named (whatever their shape). Names for which ``skip`` is true are ignored.
+    """
+    by_name = {torch_name(path): path for path in target}
+    updates, unexpected, shapes, seen = {}, [], [], set()
+    for name, value in state_dict.items():
+        if skip(name):
+            continue
+        path = by_name.get(name)
+        if path is None:
+            unexpected.append(name)
+            continue
+        seen.add(path)
+        value = to_flax_layout(path, np.asarray(value))
+        if value.shape != target[path].shape:
+            shapes.append(f"{name}: file {value.shape} vs model {target[path].shape}")
+            continue
+        updates[path] = value.astype(target[path].dtype)
+    return updates, unexpected, shapes, seen
+
+
+def assign(module: nnx.Module, state, updates: dict[tuple, np.ndarray]) -> None:
+    """Write ``updates`` (path -> array) into ``state`` and push it into ``module``."""
+    flat = dict(nnx.to_flat_state(state))
+    for path, value in updates.items():
+        flat[path][...] = value
+    nnx.update(module, state)
+
+
 def torch_to_flax(state_dict: dict[str, np.ndarray], model: nnx.Module) -> None:
     """Load a PyTorch-layout state dict into ``model`` in place; all keys must match."""
     state = nnx.state(model)
     flat = dict(nnx.to_flat_state(state))
-    by_name = {torch_name(path): path for path in flat}
+    own = {torch_name(path) for path in flat}
+    # BN counters, and the BNNeck bias that BoT's layout carries frozen at zero.
     ignored = {n for n in state_dict if n.endswith("num_batches_tracked")}
-    ignored |= {f"{bn}.bias" for bn in _bn_modules(state_dict) if f"{bn}.bias" not in by_name}
-    problems, updates = [], {}
-    for name, value in state_dict.items():
-        if name in ignored:
-            continue
-        if name not in by_name:
-            problems.append(f"unexpected: {name}")
-            continue
-        path = by_name[name]
-        value = to_flax_layout(path, np.asarray(value))
-        if value.shape != flat[path].shape:
-            problems.append(f"shape: {name} {value.shape} vs model {flat[path].shape}")
-            continue
-        updates[path] = value
-    problems += [f"missing: {n}" for n, p in by_name.items() if p not in updates
-                 and not any(s.startswith(f"shape: {n} ") for s in problems)]
+    ignored |= {f"{bn}.bias" for bn in _bn_modules(state_dict) if f"{bn}.bias" not in own}
+    updates, unexpected, shapes, seen = match_state_dict(state_dict, flat, ignored.__contains__)
+    problems = ([f"unexpected: {n}" for n in unexpected] + [f"shape: {s}" for s in shapes]
+                + [f"missing: {torch_name(p)}" for p in flat if p not in seen])
     if problems:
         raise ConversionError(f"state dict does not fit the model ({len(problems)} problem(s)):\n  "
                               + "\n  ".join(problems))
-    for path, value in updates.items():
-        flat[path][...] = value.astype(flat[path].dtype)
-    nnx.update(model, state)
+    assign(model, state, updates)
