@@ -26,13 +26,28 @@ class Checkpointer:
 
         def manager(name: str, keep: int) -> ocp.CheckpointManager:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-            return ocp.CheckpointManager(self.directory / name, options=options)
+            # Handlers named up front so that a fresh process can read metadata before any
+            # save or restore has told orbax what each item is.
+            handlers = {"state": ocp.StandardCheckpointHandler(),
+                        "meta": ocp.JsonCheckpointHandler()}
+            return ocp.CheckpointManager(self.directory / name, options=options,
+                                         item_handlers=handlers)
 
         self.latest = manager("latest", keep_latest)
         self.best = manager("best", 1)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
+
+    def stored_num_classes(self, which: str = "best") -> int | None:
+        """Classifier size in the newest ``which`` checkpoint ("best" or "latest"), read from
+        its metadata; None when there is none. The state is ``(model, optimizer)``."""
+        manager = self.best if which == "best" else self.latest
+        step = manager.latest_step()
+        if step is None:
+            return None
+        tree = manager.item_metadata(step)["state"]
+        return int(tree["0"]["classifier"]["kernel"]["value"].shape[-1])
 
     @staticmethod
     def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:

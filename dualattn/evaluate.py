@@ -25,11 +25,17 @@ def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int,
     """(training step of the scored state, metrics as fractions)."""
     data = train.load_data(config)
     batch_sharding, replicated = train.data_parallel_shardings()
-    graphdef, state, _ = train.create_train_state(config, data.num_classes,
-                                                   data.sampler.steps_per_epoch)
     step = 0
-    if which != "untrained":
+    if which == "untrained":
+        graphdef, state, _ = train.create_train_state(config, data.num_classes,
+                                                       data.sampler.steps_per_epoch)
+    else:
         ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+        # The checkpoint's own classifier size: a model trained on another dataset (or
+        # converted from PyTorch) evaluates here too; the classifier plays no part in it.
+        num_classes = ckpt.stored_num_classes(which) or data.num_classes
+        graphdef, state, _ = train.create_train_state(config, num_classes, 1,
+                                                       load_pretrained=False)
         restore = ckpt.restore_best if which == "best" else ckpt.restore_latest
         state, meta = restore(state)
         step = meta["step"]

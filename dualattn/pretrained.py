@@ -9,8 +9,14 @@
   storage files as NumPy arrays.
 
 torchvision's ResNet-50 names (which timm's resnet50 shares) map onto our backbone; SE blocks
-load too when the file has them under timm's ``layerX.Y.se.fc1/fc2``, else they start fresh, as
-do the self-attention module and the head.
+load too when the file has them under timm's ``layerX.Y.se.fc1/fc2`` (``seresnet50``) or
+``layerX.Y.se_module.fc1/fc2`` (``legacy_seresnet50``, Cadene's names, as BoT's se_resnet50),
+else they start fresh, as do the self-attention module and the head.
+
+A legacy SE-ResNet is Caffe-style: its bottlenecks stride in the first 1x1 conv rather than
+the 3x3 one, and its stem pools with ceil_mode and no padding. The weights fit our
+(torchvision-style) backbone tensor for tensor, but the function differs, so they are a good
+initialisation for fine-tuning rather than the same network; the loader says so.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from dualattn.interop.convert import assign, match_state_dict
+from dualattn.interop.names import canonical_names
 
 
 class PretrainedWeightsError(ValueError):
@@ -71,9 +78,25 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-class _StorageRef:
-    def __init__(self, dtype, key: str):
-        self.dtype, self.key = dtype, key
+def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a .safetensors file (atomically: a temporary file, then a rename)."""
+    codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+    header, offset, blobs = {}, 0, []
+    for name, value in arrays.items():
+        value = np.asarray(value)  # not ascontiguousarray: it turns scalars into shape (1,)
+        blob = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        header[name] = {"dtype": codes[value.dtype], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the body to 8 bytes
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
+    tmp.replace(path)
 
 
 def _rebuild_tensor(storage: np.ndarray, offset, size, stride, *_args):
@@ -167,9 +190,10 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
 
     Every backbone parameter and BN statistic must be in the file except the SE layers
     (fresh if absent); a missing, unexpected or misshapen key is an error listing them all.
-    Returns counts of loaded tensors and of fresh SE tensors.
+    Returns counts of loaded tensors and of fresh SE tensors, and whether the file used legacy
+    (Caffe-style) SE-ResNet names.
     """
-    source = read_state_dict(path)
+    source, legacy = canonical_names(read_state_dict(path))
     state = nnx.state(model.backbone)
     target = dict(nnx.to_flat_state(state))
     # The ImageNet classifier and BN counters are not part of our backbone.
@@ -188,4 +212,4 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
             f"(ResNet-50: (3, 4, 6, 3) and 64):\n  {shown}{more}")
     assign(model.backbone, state, updates)
     fresh_se = sum(1 for k in target if "se" in k and k not in updates)
-    return {"loaded": len(updates), "fresh_se": fresh_se}
+    return {"loaded": len(updates), "fresh_se": fresh_se, "legacy_senet": legacy}

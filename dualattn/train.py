@@ -113,17 +113,21 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.Gradi
 
 
 def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
-                       steps_per_epoch: int):
-    """The model (with ``config.pretrained`` backbone weights, if set) and its optimizer as
-    ``(graphdef, state, schedule)`` for the jitted steps."""
+                       steps_per_epoch: int, load_pretrained: bool = True):
+    """The model (with ``config.pretrained`` backbone weights, if set and ``load_pretrained``)
+    and its optimizer as ``(graphdef, state, schedule)`` for the jitted steps."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
     model = create_model(config, num_classes)
-    if config.pretrained:
+    if config.pretrained and load_pretrained:
         counts = load_backbone_weights(model, config.pretrained)
         if jax.process_index() == 0:
             print(f"loaded {counts['loaded']} backbone tensors from {config.pretrained}"
                   + (f"; {counts['fresh_se']} SE tensors start fresh" if counts["fresh_se"]
                      else ""))
+            if counts["legacy_senet"]:
+                print("note: a legacy (Caffe-style) SE-ResNet file: it strides in each block's "
+                      "first 1x1 conv, ours in the 3x3, so these weights initialise rather than "
+                      "reproduce that network")
     optimizer = nnx.Optimizer(model, create_optimizer(config, schedule), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, schedule

@@ -81,6 +81,21 @@ def test_safetensors_reader(tmp_path):
         np.testing.assert_array_equal(ours[k], v)
 
 
+def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
+    from safetensors.numpy import load_file
+
+    from dualattn.pretrained import write_safetensors
+    arrays = {"scalar": np.float32(0.5) * np.ones((), np.float32),
+              "w": np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1),
+              "i": np.arange(3, dtype=np.int64)}
+    write_safetensors(tmp_path / "w.safetensors", arrays)
+    theirs = load_file(str(tmp_path / "w.safetensors"))
+    assert sorted(theirs) == sorted(arrays)
+    for k, v in arrays.items():
+        assert theirs[k].shape == v.shape
+        np.testing.assert_array_equal(theirs[k], v)
+
+
 def test_pickled_code_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
 
@@ -126,6 +141,25 @@ def test_torchvision_weights_land_in_the_backbone(tmp_path, with_se):
     for a, b in zip(jax.tree.leaves(untouched),
                     jax.tree.leaves((nnx.state(model.attention), nnx.state(model.classifier)))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_legacy_seresnet_names_load(tmp_path):
+    """timm's legacy_seresnet50 (Cadene's names): stem under layer0, SE as se_module."""
+    sd = torchvision_state_dict(with_se=True)
+    legacy = collections.OrderedDict()
+    for k, v in sd.items():
+        k = k.replace(".se.", ".se_module.")
+        k = "last_linear." + k.removeprefix("fc.") if k.startswith("fc.") else k
+        legacy[f"layer0.{k}" if k.startswith(("conv1.", "bn1.")) else k] = v
+    torch.save(legacy, tmp_path / "legacy.pth")
+    model = ReIDNet(5, **TINY, rngs=nnx.Rngs(0))
+    counts = load_backbone_weights(model, tmp_path / "legacy.pth")
+    assert counts == {"loaded": len([k for k in sd if not k.startswith("fc.")
+                                     and "num_batches" not in k]),
+                      "fresh_se": 0, "legacy_senet": True}
+    bb = model.backbone
+    np.testing.assert_array_equal(bb.bn1.mean[...], sd["bn1.running_mean"].numpy())
+    np.testing.assert_array_equal(bb.layer4[0].se.fc2.bias[...], sd["layer4.0.se.fc2.bias"].numpy())
 
 
 def test_weights_for_another_architecture_list_every_problem(tmp_path):

@@ -110,23 +110,69 @@ def test_learning_rate_schedule_warms_up_and_steps_down(dtype):
     assert lr(40) == approx(1e-4) and lr(60) == approx(1e-5)
 
 
+@pytest.fixture(scope="module")
+def trained_run(data_paths, tmp_path_factory):
+    """(config, workdir) of a finished two-epoch tiny run."""
+    import warnings
+
+    c, workdir = tiny_config(data_paths, epochs=2), tmp_path_factory.mktemp("run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # counts differ from the published Market-1501
+        train.train_and_evaluate(c, workdir)
+    return c, workdir
+
+
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
-def test_evaluate_scores_best_latest_and_untrained(data_paths, tmp_path):
+def test_evaluate_scores_best_latest_and_untrained(trained_run, tmp_path):
     from dualattn import evaluate
-    c = tiny_config(data_paths, epochs=2)
-    train.train_and_evaluate(c, tmp_path)
-    best_row = max((r for r in read_rows(tmp_path) if "mAP" in r), key=lambda r: r["mAP"])
-    step, best = evaluate.evaluate_run(c, tmp_path, "best")
+    c, run = trained_run
+    best_row = max((r for r in read_rows(run) if "mAP" in r), key=lambda r: r["mAP"])
+    step, best = evaluate.evaluate_run(c, run, "best")
     assert step == best_row["step"] and best["mAP"] == pytest.approx(best_row["mAP"], abs=1e-6)
-    step, _ = evaluate.evaluate_run(c, tmp_path, "latest")
-    assert step == read_rows(tmp_path)[-1]["step"]
-    step, untrained = evaluate.evaluate_run(c, tmp_path, "untrained")
+    step, _ = evaluate.evaluate_run(c, run, "latest")
+    assert step == read_rows(run)[-1]["step"]
+    step, untrained = evaluate.evaluate_run(c, run, "untrained")
     assert step == 0 and untrained["mAP"] != best["mAP"]
     table = evaluate.format_table([("best", 12, best)])
     assert "mAP" in table.splitlines()[0] and f"{100 * best['mAP']:.2f}%" in table
     for which, reason in (("best", "not evaluated yet"), ("latest", "not saved yet")):
         with pytest.raises(FileNotFoundError, match=f"no checkpoint under .*{which}.*{reason}"):
             evaluate.evaluate_run(c, tmp_path / "empty", which)
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_convert_round_trips_a_run_through_pytorch_files(trained_run, tmp_path):
+    """Run -> .safetensors (loads strictly into the twin) -> new run: same evaluation; the
+    classifier size comes from the files, so a 9-class model evaluates on this dataset too."""
+    from dualattn import evaluate
+    from dualattn.interop.convert import ConversionError, export_run, import_state_dict
+    from dualattn.pretrained import read_state_dict, write_safetensors
+
+    c, run = trained_run
+    _, best = evaluate.evaluate_run(c, run, "best")
+    export_run(c, run, tmp_path / "model.safetensors")
+    state_dict = read_state_dict(tmp_path / "model.safetensors")
+    torch = pytest.importorskip("torch")
+    from dualattn.interop.torch_model import TorchReIDNet
+    twin = TorchReIDNet(state_dict["classifier.weight"].shape[0], **c.model.to_dict())
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
+
+    import_state_dict(c, tmp_path / "model.safetensors", tmp_path / "imported")
+    step, again = evaluate.evaluate_run(c, tmp_path / "imported", "best")
+    assert step == 0 and again == pytest.approx(best, abs=1e-6)
+    with pytest.raises(ConversionError, match="already holds checkpoints"):
+        import_state_dict(c, tmp_path / "model.safetensors", tmp_path / "imported")
+
+    state_dict["classifier.weight"] = np.zeros((9, state_dict["classifier.weight"].shape[1]),
+                                               np.float32)
+    write_safetensors(tmp_path / "nine.safetensors", state_dict)
+    import_state_dict(c, tmp_path / "nine.safetensors", tmp_path / "nine")
+    _, nine = evaluate.evaluate_run(c, tmp_path / "nine", "best")
+    assert nine == pytest.approx(best, abs=1e-6)  # the test feature does not use the classifier
+    del state_dict["classifier.weight"]
+    write_safetensors(tmp_path / "backbone.safetensors", state_dict)
+    with pytest.raises(ConversionError, match="--config.pretrained="):
+        import_state_dict(c, tmp_path / "backbone.safetensors", tmp_path / "other")
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# timm's legacy SE-ResNets (Cadene's names, also BoT's se_resnet50): the stem inside ``layer0``,
+# SE blocks as ``se_module`` and the classifier as ``last_linear``.
+_LEGACY_SENET = (("layer0.conv1.", "conv1."), ("layer0.bn1.", "bn1."), (".se_module.", ".se."),
+                 ("last_linear.", "fc."))
+
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _CONVS = ("conv1", "conv2", "conv3", "downsample_conv", "query_conv", "key_conv", "value_conv")
 _BNS = ("bn1", "bn2", "bn3", "downsample_bn", "query_bn", "key_bn", "value_bn", "bottleneck")
@@ -68,3 +73,16 @@ def to_flax_layout(path: tuple, value: np.ndarray) -> np.ndarray:
     if kind == "linear":
         return value.T
     return value
+
+
+def canonical_names(state_dict: dict) -> tuple[dict, bool]:
+    """``(state_dict in torchvision/timm names, whether it used legacy SE-ResNet names)``."""
+    if not any(name.startswith("layer0.") for name in state_dict):
+        return state_dict, False
+    renamed = {}
+    for name, value in state_dict.items():
+        for old, new in _LEGACY_SENET:
+            if name.startswith(old) or (old.startswith(".") and old in name):
+                name = name.replace(old, new, 1)
+        renamed[name] = value
+    return renamed, True
