@@ -9,6 +9,9 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,31 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model being built (another config wrote it)."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, folder gone...); older ones are intact."""
+
+
+def _os_reason(error: BaseException) -> str:
+    """The operating-system reason inside an orbax/tensorstore error, else its first line."""
+    match = re.search(r"os_error_code='(\d+)'", str(error))
+    if match:
+        return os.strerror(int(match.group(1)))
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, keep_latest: int = 2):
         self.directory = Path(directory).absolute()
 
         def manager(name: str, keep: int) -> ocp.CheckpointManager:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            # Several processes save synchronously: orbax's background saves meet at barriers
+            # whose order then depends on thread timing, and two managers' saves in flight at
+            # once deadlocked or failed ("Barrier ... is already ongoing") in our 2-process test.
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True,
+                enable_async_checkpointing=jax.process_count() == 1)
             # Handlers named up front so that a fresh process can read metadata before any
             # save or restore has told orbax what each item is.
             handlers = {"state": ocp.StandardCheckpointHandler(),
@@ -54,11 +76,31 @@ class Checkpointer:
         return ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(meta))
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """Saves run in the background and report failures at the next save or ``wait``; turn
+        any of them into one CheckpointWriteError naming the step that is still intact."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - tensorstore reports I/O errors as ValueError
+            kept = self.latest.latest_step()
+            raise CheckpointWriteError(
+                f"writing a checkpoint under {self.directory} failed ({_os_reason(e)}); "
+                + (f"the last complete one (step {kept}) is intact. " if kept is not None
+                   else "no earlier checkpoint exists. ")
+                + "Fix the cause (a full disk: free space), then run the same command to resume"
+            ) from e
+
+    # One save in flight at a time (a save first waits for the other manager's).
     def save_latest(self, step: int, state, meta: dict[str, Any]) -> None:
-        self.latest.save(step, args=self._args(state, meta))
+        with self._writing():
+            self.best.wait_until_finished()
+            self.latest.save(step, args=self._args(state, meta))
 
     def save_best(self, step: int, state, metrics: dict[str, Any]) -> None:
-        self.best.save(step, args=self._args(state, {"step": step, **metrics}))
+        with self._writing():
+            self.latest.wait_until_finished()
+            self.best.save(step, args=self._args(state, {"step": step, **metrics}))
 
     def _restore(self, manager: ocp.CheckpointManager, target, missing: str):
         step = manager.latest_step()
@@ -69,10 +111,11 @@ class Checkpointer:
             restored = manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
+            detail = " ".join(str(e).split())[:300]  # orbax's message spans many lines
             raise CheckpointMismatchError(
                 f"the checkpoint at {manager.directory}/{step} does not match this model "
-                f"configuration ({type(e).__name__}: {str(e)[:300]}); use the config that wrote "
-                "it, or a new --workdir to start afresh") from e
+                f"configuration ({type(e).__name__}: {detail}); use the config that wrote it, or "
+                "a new --workdir to start afresh") from e
         return restored.state, restored.meta
 
     def restore_latest(self, target) -> tuple[Any, dict]:
@@ -82,5 +125,6 @@ class Checkpointer:
         return self._restore(self.best, target, "the run has not evaluated yet")
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._writing():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()

@@ -15,9 +15,11 @@ randomness are functions of (seed, step), so the resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import logging as logging_std
 import os
 import sys
 import time
@@ -38,15 +40,15 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import data_sources, prepare, read_columns
+from data_pipeline.datasets import DatasetLayoutError, data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import eval_dataset, train_dataset
 from data_pipeline.sampler import PKSampler
-from dualattn import checkpoint
+from dualattn import checkpoint, preemption
 from dualattn.augment import AugmentConfig, augment, normalize
 from dualattn.losses import reid_loss
 from dualattn.metrics import compute_distance_matrix, evaluate
 from dualattn.models import ReIDNet
-from dualattn.pretrained import load_backbone_weights
+from dualattn.pretrained import PretrainedWeightsError, load_backbone_weights
 from dualattn.summary_writer import SummaryWriter
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +220,28 @@ class MetricsLog:
     Only process 0 writes. TensorBoard tags are ``train/<key>`` and ``eval/<key>``.
     """
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
         self.tensorboard = SummaryWriter(workdir / "tensorboard") if self.enabled else None
+        if self.enabled and self.path.exists():
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` by a run that crashed before its next checkpoint:
+        the resumed run logs those steps again. Rewritten atomically (temp file + rename)."""
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError):  # a torn last line from a kill mid-write
+                continue
+        if len(keep) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
 
     def write(self, kind: str, row: dict) -> None:
         if not self.enabled:
@@ -242,6 +262,17 @@ class MetricsLog:
 # The loop
 
 
+def check_finite(metrics: dict, step: int, checkpoint_dir: Path) -> dict:
+    """``metrics`` on the host; raises FloatingPointError naming the step if the loss is not
+    finite. Called before any log row or checkpoint: non-finite parameters give a non-finite
+    loss at every later step, so this keeps bad states out of checkpoints."""
+    metrics = jax.device_get(metrics)
+    if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; the last good "
+                                 f"checkpoint is kept in {checkpoint_dir}")
+    return metrics
+
+
 def data_parallel_shardings() -> tuple[NamedSharding, NamedSharding]:
     """(batch sharded over every device of every process, replicated) on a 1-D ``data`` mesh.
 
@@ -254,11 +285,28 @@ def data_parallel_shardings() -> tuple[NamedSharding, NamedSharding]:
 
 
 
+class WorkdirError(OSError):
+    """The workdir cannot be created or written."""
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Create ``workdir`` and prove it writable before any work is spent."""
+    probe = workdir / f".write_test.{jax.process_index()}.{os.getpid()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"--workdir {workdir} is not writable ({e.strerror or e}); choose "
+                           "another folder or fix its permissions") from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Train for ``config.optim.epochs`` epochs (resuming if the workdir has a checkpoint) and
-    return the final evaluation."""
+    return the final evaluation. SIGTERM/SIGINT save the latest state and raise
+    ``preemption.TrainingStopped``."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    prepare_workdir(workdir)
     data = load_data(config)
     spe = data.sampler.steps_per_epoch
     total_steps = config.optim.epochs * spe
@@ -282,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                         schedule=schedule),
                       static_argnums=0, donate_argnums=1)
     eval_fn = jax.jit(eval_step, static_argnums=0)
-    log = MetricsLog(workdir)
+    log = MetricsLog(workdir, start_step)
     base_rng = jax.random.key(config.seed)
 
     batches = train_dataset(data.sources["train"], data.sampler,
@@ -297,42 +345,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     show_bar = jax.process_index() == 0 and sys.stdout.isatty()
     bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {step // spe + 1}",
                disable=not show_bar, leave=False)
-    for batch in batches:
-        images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
-        labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
-        state, metrics = step_fn(graphdef, state, images, labels,
-                                 jax.random.fold_in(base_rng, step))
-        step += 1
-        seen += data.sampler.batch_size
-        bar.update()
-        epoch_end = step % spe == 0
-        if step % config.log_every_steps == 0 or epoch_end:
-            # Before any log row or checkpoint: non-finite parameters give a non-finite loss at
-            # every later step, so this keeps bad states out of checkpoints.
-            metrics = jax.device_get(metrics)
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; the last "
-                                         f"good checkpoint is kept in {ckpt.directory}")
-        if step % config.log_every_steps == 0 or step == total_steps:
-            elapsed = time.perf_counter() - tic
-            log.write("train", {"step": step, "epoch": step / spe, **metrics,
-                                "images_per_s": seen / elapsed})
-            tic, seen = time.perf_counter(), 0
-        epoch = step // spe
-        if epoch_end:
-            bar.reset()
-            bar.set_description(f"epoch {epoch + 1}")
-        if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
-            result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
-            log.write("eval", {"step": step, "epoch": epoch, **result})
-            if result["mAP"] > best_map:
-                best_map = result["mAP"]
-                ckpt.save_best(step, state, result)
-        if epoch_end and (epoch % config.checkpoint_every_epochs == 0 or step == total_steps):
-            ckpt.save_latest(step, state, {"step": step, "best_mAP": best_map})
-    bar.close()
-    log.close()
+    # Whatever ends the loop (the end, a signal, an error), the logs are complete on disk.
+    with preemption.StopRequest() as stop, contextlib.closing(log), bar:
+        for batch in batches:
+            images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+            labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
+            state, metrics = step_fn(graphdef, state, images, labels,
+                                     jax.random.fold_in(base_rng, step))
+            step += 1
+            seen += data.sampler.batch_size
+            bar.update()
+            epoch_end = step % spe == 0
+            sync_point = step % config.log_every_steps == 0 or epoch_end
+            if sync_point:
+                metrics = check_finite(metrics, step, ckpt.directory)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                elapsed = time.perf_counter() - tic
+                log.write("train", {"step": step, "epoch": step / spe, **metrics,
+                                    "images_per_s": seen / elapsed})
+                tic, seen = time.perf_counter(), 0
+            epoch = step // spe
+            if epoch_end:
+                bar.reset()
+                bar.set_description(f"epoch {epoch + 1}")
+            if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
+                result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
+                log.write("eval", {"step": step, "epoch": epoch, **result})
+                if result["mAP"] > best_map:
+                    best_map = result["mAP"]
+                    ckpt.save_best(step, state, result)
+            if epoch_end and (epoch % config.checkpoint_every_epochs == 0 or step == total_steps):
+                ckpt.save_latest(step, state, {"step": step, "best_mAP": best_map})
+            if stop.requested(at_sync_point=sync_point):
+                check_finite(metrics, step, ckpt.directory)
+                if ckpt.latest_step() != step:
+                    ckpt.save_latest(step, state, {"step": step, "best_mAP": best_map})
+                ckpt.wait()
+                raise preemption.TrainingStopped(stop.signum, step, ckpt.directory)
     ckpt.wait()
+
     if not result:  # resumed at the end: nothing left to train, report the final state
         result = evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
     return result
@@ -355,10 +406,54 @@ def main(argv):
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-    if os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
-    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    initialize_distributed()
+    quiet_background_tracebacks()
+    try:
+        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except preemption.TrainingStopped as e:
+        print(e)
+        sys.exit(128 + e.signum)
+    except checkpoint.CheckpointWriteError as e:
+        # orbax's failed background writers still hold asyncio tasks that print tracebacks at
+        # interpreter shutdown; what was written is closed and flushed, so leave at once.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
     print("final: " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in result.items()))
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run: under SLURM with more than one task (one per node), everything
+    is detected; a hand launch sets JAX_COORDINATOR_ADDRESS (host:port of process 0),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. A lone process does nothing."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    elif env.get("SLURM_NTASKS", "1") != "1" or env.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+# Errors a user can cause or fix (bad data, weights, workdir, disk, divergence): one line each.
+USER_ERRORS = (DatasetLayoutError, PretrainedWeightsError, checkpoint.CheckpointMismatchError,
+               checkpoint.CheckpointWriteError, WorkdirError, FloatingPointError)
+
+
+def quiet_background_tracebacks() -> None:
+    """Orbax logs a failed background save (e.g. a full disk) with a traceback per thread
+    before the error reaches us; keep those records to their first line, since the
+    CheckpointWriteError that follows says what happened and what to do."""
+    class FirstLineOnly(logging_std.Filter):
+        def filter(self, record):
+            if record.exc_info and record.levelno >= logging_std.ERROR:
+                record.msg, record.args = str(record.getMessage()).splitlines()[0], ()
+                record.exc_info = record.exc_text = None
+            return True
+
+    logging_std.getLogger("absl").addFilter(FirstLineOnly())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

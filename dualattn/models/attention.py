@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dualattn.models.layers import batch_norm, conv_kernel_init
+from dualattn.models import layers
+from dualattn.models.layers import batch_norm
 
 
 def reduced_channels(channels: int, reduction: int) -> int:
@@ -66,8 +67,8 @@ class SpatialSelfAttention(nnx.Module):
         self.key_channels = reduced_channels(channels, reduction)
 
         def branch(out_channels: int) -> tuple[nnx.Conv, nnx.BatchNorm]:
-            conv = nnx.Conv(channels, out_channels, (1, 1), use_bias=False, dtype=dtype,
-                            param_dtype=param_dtype, kernel_init=conv_kernel_init, rngs=rngs)
+            conv = layers.conv(channels, out_channels, 1, dtype=dtype, param_dtype=param_dtype,
+                               rngs=rngs)
             return conv, batch_norm(out_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         self.query_conv, self.query_bn = branch(self.key_channels)

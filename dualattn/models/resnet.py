@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dualattn.models.attention import SqueezeExcitation
-from dualattn.models.layers import batch_norm, conv_kernel_init
+from dualattn.models import layers
+from dualattn.models.layers import batch_norm
 
 EXPANSION = 4
 RESNET50_STAGES = (3, 4, 6, 3)
@@ -29,9 +30,8 @@ class Bottleneck(nnx.Module):
         out_channels = width * EXPANSION
 
         def conv(cin, cout, k, s=1, pad=0):
-            return nnx.Conv(cin, cout, (k, k), strides=(s, s), padding=((pad, pad), (pad, pad)),
-                            use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                            kernel_init=conv_kernel_init, rngs=rngs)
+            return layers.conv(cin, cout, k, s, pad, dtype=dtype, param_dtype=param_dtype,
+                               rngs=rngs)
 
         def bn(c):
             return batch_norm(c, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -76,9 +76,8 @@ class ResNet(nnx.Module):
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         self.dtype = dtype
-        self.conv1 = nnx.Conv(3, width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                              use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                              kernel_init=conv_kernel_init, rngs=rngs)
+        self.conv1 = layers.conv(3, width, 7, 2, 3, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs)
         self.bn1 = batch_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         in_channels = width
         for i, num_blocks in enumerate(stage_sizes):

@@ -1,0 +1,51 @@
+"""Train steps of the tiny config on every device of every process; process 0 saves the result.
+
+    python -m tests.device_count_worker DATA_ROOT TFDS_DIR OUT.npz STEPS
+
+Run by tests/test_reliability.py with fake CPU devices (XLA_FLAGS) and, for several
+processes, JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Uses the trainer's
+own pieces: its mesh, its per-process share of every global batch, its jitted step.
+"""
+
+import functools
+import sys
+
+import jax
+import numpy as np
+
+from configs import tiny
+from data_pipeline.input_pipeline import train_dataset
+from dualattn import train
+
+
+def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
+    train.initialize_distributed()
+    c = tiny.get_config()
+    c.dataset.root, c.dataset.data_dir = root, tfds_dir
+    data = train.load_data(c)
+    batch_sharding, replicated = train.data_parallel_shardings()
+    graphdef, state, schedule = train.create_train_state(c, data.num_classes,
+                                                         data.sampler.steps_per_epoch)
+    state = jax.device_put(state, replicated)
+    step_fn = jax.jit(functools.partial(train.train_step, config=c,
+                                        aug_cfg=train.augment_config(c), schedule=schedule),
+                      static_argnums=0)
+    batches = train_dataset(data.sources["train"], data.sampler, image_size=(64, 32),
+                            start_step=0, num_steps=steps, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    losses = []
+    for step, batch in enumerate(batches):
+        images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
+        labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
+        state, metrics = step_fn(graphdef, state, images, labels,
+                                 jax.random.fold_in(jax.random.key(c.seed), step))
+        losses.append(float(metrics["loss"]))
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    # The state is replicated: every process holds all of it on each of its devices.
+    arrays = {jax.tree_util.keystr(p): np.asarray(x.addressable_data(0)) for p, x in flat}
+    if jax.process_index() == 0:
+        np.savez(out, losses=np.asarray(losses), devices=jax.device_count(), **arrays)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
