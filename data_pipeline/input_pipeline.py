@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import io
 import math
+import signal
 from collections.abc import Sequence
 
 import grain
-from absl import flags
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from data_pipeline.sampler import PKSampler, process_share
@@ -73,6 +74,13 @@ class _LoadEvalBatch:
         }
 
 
+def _ignore_interrupts(_worker_index: int, _worker_count: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group; workers leave it to the trainer,
+    which saves a checkpoint and stops (a worker's KeyboardInterrupt would be re-raised in the
+    trainer mid-batch instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _to_iter(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if num_workers > 0:
@@ -81,7 +89,8 @@ def _to_iter(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=2))
+                                                         per_worker_buffer_size=2),
+                            worker_init_fn=_ignore_interrupts)
     return it
 
 

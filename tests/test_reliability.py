@@ -52,9 +52,9 @@ def run(args, env=None, timeout=300, **kw):
                           text=True, timeout=timeout, **kw)
 
 
-def start(args, env=None):
+def start(args, env=None, **kw):
     return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def saved_steps(workdir):
@@ -153,6 +153,19 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
 # Adam steps them on rounding noise, which differs with the reduction order, i.e. the device
 # count. They (and their Adam moments) are left out; everything else is compared.
 ZERO_GRADIENT = ("['key_bn']['bias']", "['value_bn']['bias']")
+
+
+def test_ctrl_c_with_decoding_workers_stops_cleanly(data_paths, tmp_path):
+    """Ctrl-C signals the terminal's whole process group, grain's worker processes included:
+    they ignore it and the trainer saves and stops as usual."""
+    workdir = tmp_path / "workers"
+    proc = start(command(data_paths, workdir, "--config.input.num_workers=2"),
+                 start_new_session=True)
+    wait_for(lambda: saved_steps(workdir), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "stopped by SIGINT at step" in out and "Traceback" not in err
 
 
 def free_port():
