@@ -124,8 +124,10 @@ def test_command_lines(tmp_path):
     import subprocess
     import sys
 
-    run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True,  # noqa: E731
-                                       text=True, timeout=300)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                              timeout=300)
+
     proc = run("dualattn.interop.compare", "--config", "configs/tiny.py", "--num_classes", "7",
                "--steps", "2")
     assert proc.returncode == 0, proc.stderr

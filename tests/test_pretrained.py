@@ -176,3 +176,23 @@ def test_weights_for_another_architecture_list_every_problem(tmp_path):
     assert "not in the backbone: head.weight" in message
     assert "shape mismatch: conv1.weight" in message
     np.testing.assert_array_equal(model.backbone.conv1.kernel[...], before)  # nothing changed
+
+
+def test_torchvision_checkpoint_loads_into_the_twin_as_into_ours(tmp_path):
+    """The same torchvision-layout file initialises both frameworks' backbones identically."""
+    from dualattn.interop.convert import flax_to_torch
+    from dualattn.interop.torch_model import TorchReIDNet
+
+    sd = torchvision_state_dict()
+    torch.save(sd, tmp_path / "r50.pth")
+    model = ReIDNet(5, **TINY, rngs=nnx.Rngs(0))
+    load_backbone_weights(model, tmp_path / "r50.pth")
+    twin = TorchReIDNet(5, **TINY)
+    missing, unexpected = twin.load_state_dict(sd, strict=False)
+    assert sorted(unexpected) == ["fc.bias", "fc.weight"]
+    assert all(k.startswith(("attention.", "bottleneck.", "classifier.")) or ".se." in k
+               for k in missing)
+    ours = flax_to_torch(model)
+    for name, value in twin.state_dict().items():
+        if name in sd and not name.endswith("num_batches_tracked"):  # a counter we do not keep
+            np.testing.assert_array_equal(ours[name], value.numpy(), err_msg=name)
