@@ -73,7 +73,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 10
     c.eval.normalize_features = True
-    c.eval.metric = "euclidean"
+    c.eval.metric = "euclidean"  # euclidean | cosine | sqeuclidean
+    # Test-time options (all off in the paper's protocol): the mean feature of each image and
+    # its mirror; k-reciprocal re-ranking (Zhong et al. 2017) with its published defaults.
+    c.eval.flip_test = False
+    c.eval.rerank = False
+    c.eval.rerank_k1 = 20
+    c.eval.rerank_k2 = 6
+    c.eval.rerank_lambda = 0.3
     c.eval.max_rank = 50
 
     c.log_every_steps = 50

@@ -2,11 +2,15 @@
 
 Loads the best checkpoint (by mAP) of the run in ``--workdir``, or ``--checkpoint=latest``,
 or ``--checkpoint=untrained`` for the random initialisation (a baseline), extracts query and
-gallery features and prints Rank-1/5/10, mAP and mINP as a table.
+gallery features and prints Rank-1/5/10, mAP and mINP as a table. Test-time options come from
+the config (``--config.eval.flip_test``, ``--config.eval.rerank``, ``--config.eval.metric``,
+``--config.model.test_feature``); ``--variants`` scores every combination of feature (after or
+before the BNNeck), flip averaging and re-ranking in one run, one row each.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import jax
@@ -15,42 +19,78 @@ from ml_collections import config_flags
 
 from dualattn import checkpoint, train
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "The run's directory (holding checkpoints/).")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest", "untrained"], "Which state to score.")
+def load_model(config, workdir: str | Path, which: str = "best"):
+    """``(step, graphdef, state)`` of a run's ``which`` checkpoint, replicated over the
+    devices. The classifier size is read from the checkpoint, so a model trained on another
+    dataset (or converted from PyTorch) loads too; the classifier plays no part in testing."""
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+    num_classes = ckpt.stored_num_classes(which)
+    if num_classes is None:  # let the restore below say what is missing
+        num_classes = 1
+    graphdef, state, _ = train.create_train_state(config, num_classes, 1, load_pretrained=False)
+    restore = ckpt.restore_best if which == "best" else ckpt.restore_latest
+    state, meta = restore(state)
+    _, replicated = train.data_parallel_shardings()
+    return meta["step"], graphdef, jax.device_put(state, replicated)
 
 
-def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:
-    """(training step of the scored state, metrics as fractions)."""
+def load_run(config, workdir: str | Path, which: str = "best"):
+    """``(step, graphdef, state, data, batch_sharding)`` for the chosen state of a run."""
     data = train.load_data(config)
     batch_sharding, replicated = train.data_parallel_shardings()
-    step = 0
     if which == "untrained":
         graphdef, state, _ = train.create_train_state(config, data.num_classes,
                                                        data.sampler.steps_per_epoch)
-    else:
-        ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
-        # The checkpoint's own classifier size: a model trained on another dataset (or
-        # converted from PyTorch) evaluates here too; the classifier plays no part in it.
-        num_classes = ckpt.stored_num_classes(which) or data.num_classes
-        graphdef, state, _ = train.create_train_state(config, num_classes, 1,
-                                                       load_pretrained=False)
-        restore = ckpt.restore_best if which == "best" else ckpt.restore_latest
-        state, meta = restore(state)
-        step = meta["step"]
-    state = jax.device_put(state, replicated)
-    eval_fn = jax.jit(train.eval_step, static_argnums=0)
-    return step, train.evaluate_state(eval_fn, graphdef, state, data, config, batch_sharding)
+        return 0, graphdef, jax.device_put(state, replicated), data, batch_sharding
+    return (*load_model(config, workdir, which), data, batch_sharding)
+
+
+def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:
+    """(training step of the scored state, metrics as fractions) with the config's options."""
+    step, graphdef, state, data, sharding = load_run(config, workdir, which)
+    return step, train.evaluate_state(train.make_eval_fn(config), graphdef, state, data, config,
+                                      sharding)
+
+
+def evaluate_variants(config, workdir: str | Path, which: str = "best"):
+    """``(step, [(name, metrics), ...])`` over feature x flip x re-ranking; features are
+    extracted once per (feature, flip) and scored with and without re-ranking."""
+    step, graphdef, state, data, sharding = load_run(config, workdir, which)
+    config = config.copy_and_resolve_references()  # the caller's config stays as it was
+    rows = []
+    for feature, flip in itertools.product(("after", "before"), (False, True)):
+        config.eval.flip_test = flip
+        eval_fn = train.make_eval_fn(config, feature)
+        q, g = (train.extract_features(eval_fn, graphdef, state, data.sources[split], config,
+                                       sharding) for split in ("query", "gallery"))
+        for rerank in (False, True):
+            name = f"{feature}{' +flip' if flip else ''}{' +rerank' if rerank else ''}"
+            rows.append((name, train.score_features(q, g, data, config, rerank=rerank)))
+    return step, rows
 
 
 def format_table(rows: list[tuple[str, int, dict]]) -> str:
     keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
-    head = f"{'checkpoint':<12}{'step':>8}" + "".join(f"{k:>9}" for k in keys)
+    width = max(12, *(len(name) + 2 for name, _, _ in rows))
+    head = f"{'checkpoint':<{width}}{'step':>8}" + "".join(f"{k:>9}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, step, m in rows:
-        lines.append(f"{name:<12}{step:>8}" + "".join(f"{100 * m[k]:>8.2f}%" for k in keys))
+        lines.append(f"{name:<{width}}{step:>8}" + "".join(f"{100 * m[k]:>8.2f}%" for k in keys))
     return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined by the entry point only, so that importing this module defines no flags."""
+    config_flags.DEFINE_config_file("config", None, "The run's configuration file.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "The run's directory (holding checkpoints/).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest", "untrained"],
+                      "Which state to score.")
+    flags.DEFINE_bool("variants", False, "Score feature (after/before BNNeck) x flip x "
+                      "re-ranking, one row each.")
 
 
 def main(argv):
@@ -59,9 +99,15 @@ def main(argv):
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)
-    step, metrics = evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-    print(format_table([(FLAGS.checkpoint, step, metrics)]))
+    if FLAGS.variants:
+        step, variants = evaluate_variants(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+        rows = [(f"{FLAGS.checkpoint}: {name}", step, m) for name, m in variants]
+    else:
+        step, metrics = evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+        rows = [(FLAGS.checkpoint, step, metrics)]
+    print(format_table(rows))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=train.parse_flags)

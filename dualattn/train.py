@@ -49,6 +49,7 @@ from dualattn.losses import reid_loss
 from dualattn.metrics import compute_distance_matrix, evaluate
 from dualattn.models import ReIDNet
 from dualattn.pretrained import PretrainedWeightsError, load_backbone_weights
+from dualattn.rerank import re_ranking_features
 from dualattn.summary_writer import SummaryWriter
 
 # ---------------------------------------------------------------------------------------------
@@ -168,9 +169,20 @@ def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedul
     return nnx.state((model, optimizer)), metrics
 
 
-def eval_step(graphdef, state, images):
+def eval_step(graphdef, state, images, *, flip: bool = False, feature: str | None = None):
+    """Test features of a uint8 batch; with ``flip``, the mean of the image's and its mirror's."""
     model, _ = nnx.merge(graphdef, state)
-    return model(normalize(images), train=False)
+    x = normalize(images)
+    feats = model(x, train=False, feature=feature)
+    if flip:
+        feats = (feats + model(x[:, :, ::-1], train=False, feature=feature)) / 2
+    return feats
+
+
+def make_eval_fn(config, feature: str | None = None):
+    """The jitted ``eval_step`` with the config's test-time options."""
+    return jax.jit(functools.partial(eval_step, flip=config.eval.flip_test, feature=feature),
+                   static_argnums=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,9 +214,21 @@ def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding)
                          batch_sharding)
     g = extract_features(eval_fn, graphdef, state, data.sources["gallery"], config,
                          batch_sharding)
+    return score_features(q, g, data, config)
+
+
+def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
+                   rerank: bool | None = None) -> dict:
+    """Metrics of query features ``q`` against gallery features ``g`` (``config.eval``'s
+    distance, re-ranked if ``config.eval.rerank`` or ``rerank``)."""
+    e = config.eval
+    rerank = e.rerank if rerank is None else rerank
+    if rerank:  # Euclidean by definition of the method, computed in chunks from the features
+        dist = re_ranking_features(q, g, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
+    else:
+        dist = compute_distance_matrix(q, g, e.metric)
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
-    r = evaluate(compute_distance_matrix(q, g, config.eval.metric), q_pids, g_pids, q_cams,
-                 g_cams, max_rank=config.eval.max_rank)
+    r = evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=e.max_rank)
     cmc = r["cmc"]
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"]}
@@ -329,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step_fn = jax.jit(functools.partial(train_step, config=config, aug_cfg=augment_config(config),
                                         schedule=schedule),
                       static_argnums=0, donate_argnums=1)
-    eval_fn = jax.jit(eval_step, static_argnums=0)
+    eval_fn = make_eval_fn(config)
     log = MetricsLog(workdir, start_step)
     base_rng = jax.random.key(config.seed)
 

@@ -4,6 +4,7 @@ import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -205,3 +206,91 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     with pytest.raises(FloatingPointError, match=f"at step {saved + 2};"):
         train.train_and_evaluate(c, tmp_path)
     assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == saved
+
+
+def test_flip_and_feature_choices_do_what_they_say(tiny_model_kwargs):
+    from dualattn.models import ReIDNet
+    model = ReIDNet(5, **tiny_model_kwargs, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split((model, nnx.Variable(0)))
+    images = np.random.default_rng(0).integers(0, 256, (4, 64, 32, 3), dtype=np.uint8)
+    mirror = images[:, :, ::-1]
+
+    def feats(x, **kw):
+        return np.asarray(train.eval_step(graphdef, state, x, **kw))
+
+    plain, flipped = feats(images), feats(images, flip=True)
+    np.testing.assert_allclose(flipped, (plain + feats(mirror)) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats(mirror, flip=True), flipped, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, flipped)
+    # "after" is the BNNeck applied to "before" with its running statistics.
+    before, after = feats(images, feature="before"), feats(images, feature="after")
+    bn = model.bottleneck
+    expected = (before - bn.mean[...]) / np.sqrt(bn.var[...] + bn.epsilon) * bn.scale[...]
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(after, plain)  # the config's default
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_evaluate_variants_table(trained_run):
+    from dualattn import evaluate
+    c, run = trained_run
+    step, rows = evaluate.evaluate_variants(c, run, "best")
+    names = [name for name, _ in rows]
+    assert names == ["after", "after +rerank", "after +flip", "after +flip +rerank", "before",
+                     "before +rerank", "before +flip", "before +flip +rerank"]
+    _, default = evaluate.evaluate_run(c, run, "best")
+    assert dict(rows)["after"] == pytest.approx(default, abs=1e-6)
+    assert c.eval.flip_test is False  # the caller's config is untouched
+    assert len({round(m["mAP"], 6) for _, m in rows}) > 1
+    table = evaluate.format_table([(f"best: {n}", step, m) for n, m in rows])
+    assert "best: before +flip +rerank" in table
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_embed_a_folder_matches_evaluation_features(trained_run, data_paths, tmp_path):
+    from data_pipeline.datasets import read_columns
+    from dualattn import embed, evaluate
+    c, run = trained_run
+    folder = data_paths[0] / "query"
+    paths = embed.list_images(folder)
+    model = evaluate.load_model(c, run, "best")
+    feats = embed.embed(c, model, paths)
+    assert feats.shape == (len(paths), 256) and feats.dtype == np.float32
+    # The same images through the evaluation path (the prepared query split), matched by name.
+    step, graphdef, state, data, sharding = evaluate.load_run(c, run, "best")
+    reference = train.extract_features(train.make_eval_fn(c), graphdef, state,
+                                       data.sources["query"], c, sharding)
+    (names,) = read_columns(data.sources["query"], "path")
+    by_name = {Path(str(n.decode() if isinstance(n, bytes) else n)).name: f
+               for n, f in zip(names, reference)}
+    np.testing.assert_allclose(feats, np.stack([by_name[p.name] for p in paths]), atol=1e-5)
+
+    # The command line: an .npz of features and paths, and a top-K search.
+    out = tmp_path / "feats.npz"
+    base = [sys.executable, "-m", "dualattn.embed", "--config", "configs/tiny.py",
+            "--workdir", str(run)]
+    proc = subprocess.run(base + ["--images", str(folder), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = np.load(out)
+    assert list(saved["paths"]) == [str(p.relative_to(folder)) for p in paths]
+    np.testing.assert_allclose(saved["features"], feats, atol=1e-5)
+    proc = subprocess.run(base + ["--query", str(paths[0]), "--gallery", str(folder),
+                                  "--top", "3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()[-3:]
+    assert lines[0].split()[0] == "1" and lines[0].endswith(str(paths[0]))  # itself first
+    assert float(lines[0].split()[1]) == pytest.approx(0, abs=1e-3)
+
+
+def test_embed_refuses_undecodable_images_naming_them(tmp_path):
+    from PIL import Image
+
+    from dualattn import embed
+    Image.new("RGB", (32, 64)).save(tmp_path / "good.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(embed.EmbedError, match=r"(?s)1 image\(s\) cannot be decoded.*bad\.jpg"):
+        embed.list_images(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(embed.EmbedError, match="no .jpg"):
+        embed.list_images(tmp_path / "empty")

@@ -76,14 +76,19 @@ class ReIDNet(nnx.Module):
             fmap = self.attention(fmap, train=train)
         return fmap
 
-    def __call__(self, x: jax.Array, *, train: bool) -> ReIDOutput | jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool,
+                 feature: str | None = None) -> ReIDOutput | jax.Array:
+        """``feature`` ("after"/"before") overrides ``test_feature`` for this eval-mode call."""
         pooled = jnp.mean(self.feature_map(x, train=train).astype(jnp.float32), axis=(1, 2))
         neck = pooled
         if self.bottleneck is not None:
             neck = self.bottleneck(pooled, use_running_average=not train)
         if train:
             return ReIDOutput(features=pooled, logits=self.classifier(neck))
-        return neck if self.test_feature == "after" else pooled
+        feature = feature or self.test_feature
+        if feature not in TEST_FEATURES:
+            raise ValueError(f"feature must be one of {TEST_FEATURES}, got {feature!r}")
+        return neck if feature == "after" else pooled
 
 
 def count_params(module: nnx.Module) -> int:

@@ -1,0 +1,136 @@
+"""Features of your own crops from a trained run, and nearest-neighbour search over them.
+
+    python -m dualattn.embed --config C --workdir W --images DIR --out feats.npz
+    python -m dualattn.embed --config C --workdir W --query IMG --gallery DIR [--top 10]
+
+The first writes the test feature of every image under ``DIR`` (recursively; .jpg, .jpeg,
+.png, .bmp; sorted by path) to an ``.npz`` with ``features`` (float32, N x D) and ``paths``
+(relative to ``DIR``, same order). The second prints the ``--top`` gallery images closest to
+the query. Images are resized to the config's input size and batched over every device,
+exactly as evaluation does (same preprocessing, test feature, flip option and
+normalisation), using the run's best checkpoint unless ``--checkpoint=latest``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image, UnidentifiedImageError
+
+from dualattn import checkpoint, evaluate, train
+from dualattn.metrics import compute_distance_matrix
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class EmbedError(ValueError):
+    """The images or the run cannot be used; the message says which and why."""
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image under ``folder``, sorted; each checked to decode, all failures reported."""
+    if not folder.is_dir():
+        raise EmbedError(f"{folder} is not a folder of images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise EmbedError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}")
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.verify()
+        except (OSError, UnidentifiedImageError) as e:
+            bad.append(f"{p}: {e}")
+    if bad:
+        raise EmbedError(f"{len(bad)} image(s) cannot be decoded; remove or replace them:\n  "
+                         + "\n  ".join(bad[:20]))
+    return paths
+
+
+class ImageFiles:
+    """Image files as the records ``extract_features`` reads (bytes, no identity)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.paths[i].read_bytes(), "pid": -1, "camid": -1}
+
+
+def embed(config, model, paths: list[Path]) -> np.ndarray:
+    """Test features (N x D float32) of the images at ``paths``, in order; ``model`` is
+    ``evaluate.load_model``'s ``(step, graphdef, state)``."""
+    _, graphdef, state = model
+    batch_sharding, _ = train.data_parallel_shardings()
+    return train.extract_features(train.make_eval_fn(config), graphdef, state,
+                                  ImageFiles(paths), config, batch_sharding)
+
+
+def nearest(config, query: np.ndarray, gallery: np.ndarray, top: int) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+    """Indices and distances of the ``top`` gallery features closest to each query feature."""
+    dist = np.asarray(compute_distance_matrix(query, gallery, config.eval.metric))
+    order = np.argsort(dist, axis=1, kind="stable")[:, :top]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "The run's configuration file.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "The run's directory (holding checkpoints/).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
+    flags.DEFINE_string("images", None, "Folder of images to embed (with --out).")
+    flags.DEFINE_string("out", None, "The .npz file to write (features, paths).")
+    flags.DEFINE_string("query", None, "One query image (with --gallery).")
+    flags.DEFINE_string("gallery", None, "Folder of gallery images to search.")
+    flags.DEFINE_integer("top", 10, "How many gallery images to print.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None or FLAGS.workdir is None:
+        raise app.UsageError("both --config and --workdir are required")
+    search = FLAGS.query is not None or FLAGS.gallery is not None
+    if search == (FLAGS.images is not None or FLAGS.out is not None):
+        raise app.UsageError("give either --images DIR --out FILE, or --query IMG --gallery DIR")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        model = evaluate.load_model(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
+        if search:
+            query = Path(FLAGS.query)
+            if query.suffix.lower() not in IMAGE_SUFFIXES or not query.is_file():
+                raise EmbedError(f"--query {query} is not an image file")
+            gallery = list_images(Path(FLAGS.gallery))
+            idx, dist = nearest(FLAGS.config, embed(FLAGS.config, model, [query]),
+                                embed(FLAGS.config, model, gallery), FLAGS.top)
+            print(f"the {len(idx[0])} gallery images closest to {query} "
+                  f"({FLAGS.config.eval.metric} distance):")
+            for rank, (i, d) in enumerate(zip(idx[0], dist[0]), 1):
+                print(f"{rank:>4}  {d:10.4f}  {gallery[i]}")
+            return
+        folder, out = Path(FLAGS.images), Path(FLAGS.out)
+        paths = list_images(folder)
+        feats = embed(FLAGS.config, model, paths)
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez(tmp, features=feats.astype(np.float32),
+                 paths=np.array([str(p.relative_to(folder)) for p in paths]))
+        tmp.replace(out)
+        print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
+    except (EmbedError, FileNotFoundError, checkpoint.CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, flags_parser=train.parse_flags)
