@@ -14,10 +14,16 @@ import itertools
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import app, flags, logging
+from flax import nnx
 from ml_collections import config_flags
+from PIL import Image
 
+from data_pipeline.input_pipeline import decode_resize
 from dualattn import checkpoint, train
+from dualattn.augment import normalize
+from dualattn.visualize import attention_figure, ranked_list_figure
 
 def load_model(config, workdir: str | Path, which: str = "best"):
     """``(step, graphdef, state)`` of a run's ``which`` checkpoint, replicated over the
@@ -69,6 +75,68 @@ def evaluate_variants(config, workdir: str | Path, which: str = "best"):
     return step, rows
 
 
+def _thumbnail_size(config) -> tuple[int, int]:
+    """Input size, shrunk to 128 pixels high for the figures when larger."""
+    h, w = config.input.height, config.input.width
+    return (h, w) if h <= 128 else (128, max(1, round(w * 128 / h)))
+
+
+def _spread(n: int, total: int) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(total)``."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
+def ranked_list_png(config, workdir, which: str, n: int, out: Path, top: int = 10) -> Path:
+    """The top-``top`` gallery images of ``n`` queries, framed green (same identity) or red,
+    as the config's options rank them; same-identity same-camera images are skipped, as the
+    evaluation protocol does."""
+    step, graphdef, state, data, sharding = load_run(config, workdir, which)
+    eval_fn = train.make_eval_fn(config)
+    q, g = (train.extract_features(eval_fn, graphdef, state, data.sources[split], config,
+                                   sharding) for split in ("query", "gallery"))
+    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
+    size = _thumbnail_size(config)
+    picked = _spread(n, len(q))
+    dist = train.distance_matrix(q, g, config)[picked]  # re-ranking uses every query
+    queries, ranked, correct = [], [], []
+    for row, i in enumerate(picked):
+        order = np.argsort(dist[row], kind="stable")
+        order = order[~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))][:top]
+        queries.append(decode_resize(data.sources["query"][int(i)]["image"], *size))
+        ranked.append([decode_resize(data.sources["gallery"][int(j)]["image"], *size)
+                       for j in order])
+        correct.append(list(g_pids[order] == q_pids[i]))
+    ranked_list_figure(queries, ranked, correct).save(out)
+    return out
+
+
+def attention_png(config, workdir, which: str, n: int, out: Path) -> Path:
+    """Heatmaps of the attention each position of the feature map receives (the mean over
+    query positions of softmax(QK^T / sqrt(d))) over ``n`` query images."""
+    step, graphdef, state, data, _ = load_run(config, workdir, which)
+    model, _ = nnx.merge(graphdef, state)
+    if model.attention is None:
+        raise ValueError("this model has no self-attention module (model.use_sa=False)")
+    size = (config.input.height, config.input.width)
+    images = np.stack([decode_resize(data.sources["query"][int(i)]["image"], *size)
+                       for i in _spread(n, len(data.sources["query"]))])
+
+    @jax.jit
+    def received(state, images):
+        model, _ = nnx.merge(graphdef, state)
+        fmap = model.backbone(normalize(images), train=False)
+        attn = model.attention.attention_map(fmap, train=False)
+        return attn.mean(axis=1).reshape(fmap.shape[:3])
+
+    maps = np.asarray(received(state, images))
+    small = _thumbnail_size(config)
+    thumbs = np.stack([np.asarray(Image.fromarray(im).resize(small[::-1],
+                                                            Image.Resampling.BILINEAR))
+                       for im in images])
+    attention_figure(thumbs, maps).save(out)
+    return out
+
+
 def format_table(rows: list[tuple[str, int, dict]]) -> str:
     keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
     width = max(12, *(len(name) + 2 for name, _, _ in rows))
@@ -91,6 +159,11 @@ def define_flags() -> None:
                       "Which state to score.")
     flags.DEFINE_bool("variants", False, "Score feature (after/before BNNeck) x flip x "
                       "re-ranking, one row each.")
+    flags.DEFINE_integer("visualize", 0, "Write ranked_lists.png: this many queries with their "
+                         "top-10 gallery images (green: same identity, red: not).")
+    flags.DEFINE_integer("attention", 0, "Write attention.png: self-attention heatmaps over "
+                         "this many query images.")
+    flags.DEFINE_string("figures_dir", None, "Where the figures go (default: the workdir).")
 
 
 def main(argv):
@@ -106,6 +179,13 @@ def main(argv):
         step, metrics = evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
         rows = [(FLAGS.checkpoint, step, metrics)]
     print(format_table(rows))
+    figures = Path(FLAGS.figures_dir or FLAGS.workdir)
+    if FLAGS.visualize:
+        print("wrote", ranked_list_png(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                                       FLAGS.visualize, figures / "ranked_lists.png"))
+    if FLAGS.attention:
+        print("wrote", attention_png(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                                     FLAGS.attention, figures / "attention.png"))
 
 
 if __name__ == "__main__":

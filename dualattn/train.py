@@ -217,18 +217,23 @@ def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding)
     return score_features(q, g, data, config)
 
 
+def distance_matrix(q: np.ndarray, g: np.ndarray, config,
+                    rerank: bool | None = None) -> np.ndarray:
+    """Query x gallery distances with ``config.eval``'s metric, or re-ranked (Euclidean, by
+    the method's definition) if ``config.eval.rerank`` or ``rerank``."""
+    e = config.eval
+    if e.rerank if rerank is None else rerank:
+        return re_ranking_features(q, g, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
+    return np.asarray(compute_distance_matrix(q, g, e.metric))
+
+
 def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
                    rerank: bool | None = None) -> dict:
     """Metrics of query features ``q`` against gallery features ``g`` (``config.eval``'s
     distance, re-ranked if ``config.eval.rerank`` or ``rerank``)."""
-    e = config.eval
-    rerank = e.rerank if rerank is None else rerank
-    if rerank:  # Euclidean by definition of the method, computed in chunks from the features
-        dist = re_ranking_features(q, g, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
-    else:
-        dist = compute_distance_matrix(q, g, e.metric)
+    dist = distance_matrix(q, g, config, rerank=rerank)
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
-    r = evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=e.max_rank)
+    r = evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=config.eval.max_rank)
     cmc = r["cmc"]
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"]}

@@ -294,3 +294,31 @@ def test_embed_refuses_undecodable_images_naming_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(embed.EmbedError, match="no .jpg"):
         embed.list_images(tmp_path / "empty")
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_ranked_list_and_attention_figures(trained_run, tmp_path):
+    from PIL import Image
+
+    from dualattn import evaluate, visualize
+    c, run = trained_run
+    h, w = c.input.height, c.input.width  # 64 x 32: thumbnails at input size
+    out = evaluate.ranked_list_png(c, run, "best", 3, tmp_path / "ranked.png")
+    cell_w, cell_h = (w + 2 * visualize.FRAME + visualize.CELL_PAD,
+                      h + 2 * visualize.FRAME + visualize.CELL_PAD)
+    with Image.open(out) as fig:
+        assert fig.size == (11 * cell_w + visualize.QUERY_GAP, 3 * cell_h)
+        pixels = np.asarray(fig.convert("RGB"))
+    # Every retrieved image is framed green or red (the frame's top-left pixel).
+    for col in range(1, 11):
+        colour = tuple(pixels[0, visualize.QUERY_GAP + col * cell_w])
+        assert colour in (visualize.GREEN, visualize.RED)
+    out = evaluate.attention_png(c, run, "best", 4, tmp_path / "attention.png")
+    with Image.open(out) as fig:
+        assert fig.size == (4 * (2 * w + 2 * visualize.CELL_PAD), h + visualize.CELL_PAD)
+
+
+def test_colormap_runs_cold_to_hot():
+    from dualattn.visualize import colormap
+    cold, hot = colormap(np.array([0.0, 1.0]))
+    assert cold[2] > cold[0] and hot[0] > hot[2]  # blue at 0, red at 1

@@ -1,0 +1,67 @@
+"""Figures for looking at a model: ranked lists (the paper's Fig. 3) and attention heatmaps.
+
+Drawn with Pillow alone (no plotting library). Both are grids of fixed-size cells, so their
+pixel size follows from the counts: ``CELL_PAD`` between cells, ``FRAME`` pixels of colour
+around each gallery image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+FRAME = 3  # border width around each retrieved image
+CELL_PAD = 4  # space between cells
+QUERY_GAP = 12  # extra space between the query and its ranked list
+GREEN, RED, GREY, WHITE = (40, 170, 60), (210, 40, 40), (90, 90, 90), (255, 255, 255)
+
+
+def ranked_list_figure(queries: list[np.ndarray], ranked: list[list[np.ndarray]],
+                       correct: list[list[bool]]) -> Image.Image:
+    """One row per query: the query (grey frame), then its ranked gallery images, framed green
+    for the same identity and red otherwise. All images must share one (h, w, 3) uint8 size."""
+    h, w = queries[0].shape[:2]
+    cols = max(len(r) for r in ranked)
+    cell_w, cell_h = w + 2 * FRAME + CELL_PAD, h + 2 * FRAME + CELL_PAD
+    fig = Image.new("RGB", (cell_w * (cols + 1) + QUERY_GAP, cell_h * len(queries)), WHITE)
+    draw = ImageDraw.Draw(fig)
+
+    def put(image, x, y, colour):
+        draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=colour)
+        fig.paste(Image.fromarray(image), (x + FRAME, y + FRAME))
+
+    for row, (query, images, hits) in enumerate(zip(queries, ranked, correct, strict=True)):
+        y = row * cell_h
+        put(query, 0, y, GREY)
+        for col, (image, hit) in enumerate(zip(images, hits, strict=True)):
+            put(image, QUERY_GAP + (col + 1) * cell_w, y, GREEN if hit else RED)
+    return fig
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB on a blue-cyan-yellow-red scale (jet-like)."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    anchors = np.array([0.0, 0.35, 0.65, 1.0])
+    colours = np.array([[0, 0, 160], [0, 200, 255], [255, 230, 0], [220, 0, 0]], np.float64)
+    rgb = np.stack([np.interp(v[..., 0], anchors, colours[:, c]) for c in range(3)], axis=-1)
+    return rgb.astype(np.uint8)
+
+
+def attention_figure(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Per image: the image and the heatmap of ``maps`` (B, h, w) over it, side by side.
+
+    Each map is scaled to [0, 1] on its own (where the module looks *within* the image) and
+    resized bilinearly to the image."""
+    b, h, w = images.shape[:3]
+    cell_w, cell_h = 2 * w + 2 * CELL_PAD, h + CELL_PAD
+    fig = Image.new("RGB", (cell_w * b, cell_h), WHITE)
+    for i in range(b):
+        m = maps[i].astype(np.float64)
+        m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
+        big = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(
+            (w, h), Image.Resampling.BILINEAR), np.float64) / 255
+        overlay = (1 - alpha) * images[i] + alpha * colormap(big)
+        x = i * cell_w
+        fig.paste(Image.fromarray(images[i]), (x, 0))
+        fig.paste(Image.fromarray(overlay.astype(np.uint8)), (x + w + CELL_PAD, 0))
+    return fig
