@@ -8,7 +8,8 @@ The first writes the test feature of every image under ``DIR`` (recursively; .jp
 (relative to ``DIR``, same order). The second prints the ``--top`` gallery images closest to
 the query. Images are resized to the config's input size and batched over every device,
 exactly as evaluation does (same preprocessing, test feature, flip option and
-normalisation), using the run's best checkpoint unless ``--checkpoint=latest``.
+normalisation; with several processes each decodes its share), using the run's best
+checkpoint unless ``--checkpoint=latest``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -121,12 +123,13 @@ def main(argv):
             return
         folder, out = Path(FLAGS.images), Path(FLAGS.out)
         paths = list_images(folder)
-        feats = embed(FLAGS.config, model, paths)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(tmp, features=feats.astype(np.float32),
-                 paths=np.array([str(p.relative_to(folder)) for p in paths]))
-        tmp.replace(out)
-        print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
+        feats = embed(FLAGS.config, model, paths)  # every process holds all of them
+        if jax.process_index() == 0:
+            tmp = out.with_name(out.name + ".tmp.npz")
+            np.savez(tmp, features=feats.astype(np.float32),
+                     paths=np.array([str(p.relative_to(folder)) for p in paths]))
+            tmp.replace(out)
+            print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
     except (EmbedError, FileNotFoundError, checkpoint.CheckpointMismatchError) as e:
         sys.exit(f"error: {e}")
 
