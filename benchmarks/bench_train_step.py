@@ -63,8 +63,6 @@ NUM_CLASSES = 751
 
 
 def run_jax(config, steps: int, warmup: int) -> dict:
-    import functools
-
     import jax
 
     from dualattn import train
@@ -74,10 +72,8 @@ def run_jax(config, steps: int, warmup: int) -> dict:
     if gpu:
         config.model.dtype = "bfloat16"
     graphdef, state, schedule = train.create_train_state(config, NUM_CLASSES, 1000)
-    step_fn = jax.jit(functools.partial(
-        train.train_step, config=config, schedule=schedule,
-        aug_cfg=AugmentConfig(flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0)),
-        static_argnums=0, donate_argnums=1)
+    step_fn = train.make_train_step(config, schedule, AugmentConfig(
+        flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0))
     images, labels = batch(config)
     images, labels = jax.device_put(images), jax.device_put(labels)
     key = jax.random.key(0)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image, UnidentifiedImageError
 
@@ -99,14 +99,10 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("both --config and --workdir are required")
+    train.check_command_line(argv)
     search = FLAGS.query is not None or FLAGS.gallery is not None
     if search == (FLAGS.images is not None or FLAGS.out is not None):
         raise app.UsageError("give either --images DIR --out FILE, or --query IMG --gallery DIR")
-    logging.set_verbosity(logging.WARNING)
     try:
         model = evaluate.load_model(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
         if search:

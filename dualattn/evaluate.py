@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 from PIL import Image
@@ -167,11 +167,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("both --config and --workdir are required")
-    logging.set_verbosity(logging.WARNING)
+    train.check_command_line(argv)
     if FLAGS.variants:
         step, variants = evaluate_variants(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
         rows = [(f"{FLAGS.checkpoint}: {name}", step, m) for name, m in variants]

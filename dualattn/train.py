@@ -169,6 +169,14 @@ def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedul
     return nnx.state((model, optimizer)), metrics
 
 
+def make_train_step(config, schedule, aug_cfg: AugmentConfig | None = None):
+    """``train_step`` jitted with the config (augmentation ``aug_cfg`` or the config's), the
+    graphdef static and the state donated: ``step_fn(graphdef, state, images, labels, rng)``."""
+    aug_cfg = augment_config(config) if aug_cfg is None else aug_cfg
+    return jax.jit(functools.partial(train_step, config=config, aug_cfg=aug_cfg,
+                                     schedule=schedule), static_argnums=0, donate_argnums=1)
+
+
 def eval_step(graphdef, state, images, *, flip: bool = False, feature: str | None = None):
     """Test features of a uint8 batch; with ``flip``, the mean of the image's and its mirror's."""
     model, _ = nnx.merge(graphdef, state)
@@ -355,9 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         start_step, best_map = meta["step"], meta["best_mAP"]
         print(f"resumed from step {start_step} (best mAP so far {best_map:.4f})")
 
-    step_fn = jax.jit(functools.partial(train_step, config=config, aug_cfg=augment_config(config),
-                                        schedule=schedule),
-                      static_argnums=0, donate_argnums=1)
+    step_fn = make_train_step(config, schedule)
     eval_fn = make_eval_fn(config)
     log = MetricsLog(workdir, start_step)
     base_rng = jax.random.key(config.seed)
@@ -429,12 +435,17 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 
 
-def main(argv):
+def check_command_line(argv: list[str]) -> None:
+    """What every entry point (train, evaluate, embed) first checks and sets."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+
+
+def main(argv):
+    check_command_line(argv)
     initialize_distributed()
     quiet_background_tracebacks()
     try:

@@ -7,7 +7,6 @@ processes, JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Uses th
 own pieces: its mesh, its per-process share of every global batch, its jitted step.
 """
 
-import functools
 import sys
 
 import jax
@@ -27,9 +26,7 @@ def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
     graphdef, state, schedule = train.create_train_state(c, data.num_classes,
                                                          data.sampler.steps_per_epoch)
     state = jax.device_put(state, replicated)
-    step_fn = jax.jit(functools.partial(train.train_step, config=c,
-                                        aug_cfg=train.augment_config(c), schedule=schedule),
-                      static_argnums=0)
+    step_fn = train.make_train_step(c, schedule)
     batches = train_dataset(data.sources["train"], data.sampler, image_size=(64, 32),
                             start_step=0, num_steps=steps, process_index=jax.process_index(),
                             process_count=jax.process_count())

@@ -52,8 +52,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dualattn.interop.convert import flax_to_torch, torch_to_flax
-from dualattn.interop.names import to_torch_layout, torch_name
+from dualattn.interop.convert import flax_to_torch, state_to_torch, torch_to_flax
 from dualattn.losses import reid_loss
 from dualattn.models import ReIDNet
 
@@ -188,11 +187,6 @@ class Report:
 # The comparison
 
 
-def _flat_torch_names(tree) -> dict[str, np.ndarray]:
-    return {torch_name(path): to_torch_layout(path, np.asarray(v[...]))
-            for path, v in nnx.to_flat_state(tree)}
-
-
 def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: np.ndarray, *,
                      steps: int = 3, lr: float | None = None) -> Report:
     """Run both networks on ``images`` and report every difference. ``model`` and ``twin`` must
@@ -262,7 +256,7 @@ def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: n
                      diff("loss: triplet", parts.triplet, tri.item()),
                      diff("loss: total", parts.total, total.item())]
             rows.append(_bn_rows(before, flax_to_torch(model), twin, per_channel, explained))
-            ours = _flat_torch_names(grads)
+            ours = state_to_torch(grads)
             grad_rows = []
             for name, p in twin.named_parameters():
                 if not p.requires_grad:  # the BNNeck bias: frozen in torch, absent in ours

@@ -25,11 +25,17 @@ def _bn_modules(names) -> set[str]:
     return {n.rsplit(".", 1)[0] for n in names if n.endswith(".running_mean")}
 
 
+def state_to_torch(state: nnx.State) -> dict[str, np.ndarray]:
+    """``name -> array`` in PyTorch names and layouts for every leaf of ``state`` (a model's
+    variables, or gradients shaped like them)."""
+    return {torch_name(path): to_torch_layout(path, np.asarray(var[...]))
+            for path, var in nnx.to_flat_state(state)}
+
+
 def flax_to_torch(model: nnx.Module) -> dict[str, np.ndarray]:
-    """``name -> array`` in PyTorch layouts for every parameter and BN statistic of ``model``."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-        out[torch_name(path)] = to_torch_layout(path, np.asarray(var[...]))
+    """``name -> array`` in PyTorch layouts for every parameter and BN statistic of ``model``,
+    plus what ``TorchReIDNet.load_state_dict(strict=True)`` expects beyond them."""
+    out = state_to_torch(nnx.state(model))
     for bn in _bn_modules(out):
         out[f"{bn}.num_batches_tracked"] = np.zeros((), np.int64)
         if f"{bn}.bias" not in out:  # the BNNeck's bias: frozen at zero in BoT's layout
