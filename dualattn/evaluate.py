@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -40,39 +41,52 @@ def load_model(config, workdir: str | Path, which: str = "best"):
     return meta["step"], graphdef, jax.device_put(state, replicated)
 
 
-def load_run(config, workdir: str | Path, which: str = "best"):
-    """``(step, graphdef, state, data, batch_sharding)`` for the chosen state of a run."""
+class Run(NamedTuple):
+    """A run's state loaded for testing, with its dataset."""
+    step: int
+    graphdef: Any
+    state: Any
+    data: train.Data
+    batch_sharding: Any
+
+
+def load_run(config, workdir: str | Path, which: str = "best") -> Run:
     data = train.load_data(config)
     batch_sharding, replicated = train.data_parallel_shardings()
     if which == "untrained":
         graphdef, state, _ = train.create_train_state(config, data.num_classes,
                                                        data.sampler.steps_per_epoch)
-        return 0, graphdef, jax.device_put(state, replicated), data, batch_sharding
-    return (*load_model(config, workdir, which), data, batch_sharding)
+        return Run(0, graphdef, jax.device_put(state, replicated), data, batch_sharding)
+    return Run(*load_model(config, workdir, which), data, batch_sharding)
+
+
+def run_features(config, run: Run, feature: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery test features with the config's options (``feature`` overrides
+    ``model.test_feature``)."""
+    eval_fn = train.make_eval_fn(config, feature)
+    return tuple(train.extract_features(eval_fn, run.graphdef, run.state,
+                                        run.data.sources[split], config, run.batch_sharding)
+                 for split in ("query", "gallery"))
 
 
 def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:
     """(training step of the scored state, metrics as fractions) with the config's options."""
-    step, graphdef, state, data, sharding = load_run(config, workdir, which)
-    return step, train.evaluate_state(train.make_eval_fn(config), graphdef, state, data, config,
-                                      sharding)
+    run = load_run(config, workdir, which)
+    return run.step, train.score_features(*run_features(config, run), run.data, config)
 
 
-def evaluate_variants(config, workdir: str | Path, which: str = "best"):
-    """``(step, [(name, metrics), ...])`` over feature x flip x re-ranking; features are
-    extracted once per (feature, flip) and scored with and without re-ranking."""
-    step, graphdef, state, data, sharding = load_run(config, workdir, which)
+def evaluate_variants(config, run: Run) -> list[tuple[str, dict]]:
+    """``[(name, metrics), ...]`` over feature x flip x re-ranking; features are extracted
+    once per (feature, flip) and scored with and without re-ranking."""
     config = config.copy_and_resolve_references()  # the caller's config stays as it was
     rows = []
     for feature, flip in itertools.product(("after", "before"), (False, True)):
         config.eval.flip_test = flip
-        eval_fn = train.make_eval_fn(config, feature)
-        q, g = (train.extract_features(eval_fn, graphdef, state, data.sources[split], config,
-                                       sharding) for split in ("query", "gallery"))
+        q, g = run_features(config, run, feature)
         for rerank in (False, True):
             name = f"{feature}{' +flip' if flip else ''}{' +rerank' if rerank else ''}"
-            rows.append((name, train.score_features(q, g, data, config, rerank=rerank)))
-    return step, rows
+            rows.append((name, train.score_features(q, g, run.data, config, rerank=rerank)))
+    return rows
 
 
 def _thumbnail_size(config) -> tuple[int, int]:
@@ -86,14 +100,13 @@ def _spread(n: int, total: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
 
 
-def ranked_list_png(config, workdir, which: str, n: int, out: Path, top: int = 10) -> Path:
+def ranked_list_png(config, run: Run, n: int, out: Path, top: int = 10,
+                    features: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """The top-``top`` gallery images of ``n`` queries, framed green (same identity) or red,
     as the config's options rank them; same-identity same-camera images are skipped, as the
-    evaluation protocol does."""
-    step, graphdef, state, data, sharding = load_run(config, workdir, which)
-    eval_fn = train.make_eval_fn(config)
-    q, g = (train.extract_features(eval_fn, graphdef, state, data.sources[split], config,
-                                   sharding) for split in ("query", "gallery"))
+    evaluation protocol does. ``features``: the run's (query, gallery) features if at hand."""
+    q, g = run_features(config, run) if features is None else features
+    data = run.data
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     size = _thumbnail_size(config)
     picked = _spread(n, len(q))
@@ -110,11 +123,11 @@ def ranked_list_png(config, workdir, which: str, n: int, out: Path, top: int = 1
     return out
 
 
-def attention_png(config, workdir, which: str, n: int, out: Path) -> Path:
+def attention_png(config, run: Run, n: int, out: Path) -> Path:
     """Heatmaps of the attention each position of the feature map receives (the mean over
     query positions of softmax(QK^T / sqrt(d))) over ``n`` query images."""
-    step, graphdef, state, data, _ = load_run(config, workdir, which)
-    model, _ = nnx.merge(graphdef, state)
+    graphdef, data = run.graphdef, run.data
+    model, _ = nnx.merge(graphdef, run.state)
     if model.attention is None:
         raise ValueError("this model has no self-attention module (model.use_sa=False)")
     size = (config.input.height, config.input.width)
@@ -128,7 +141,7 @@ def attention_png(config, workdir, which: str, n: int, out: Path) -> Path:
         attn = model.attention.attention_map(fmap, train=False)
         return attn.mean(axis=1).reshape(fmap.shape[:3])
 
-    maps = np.asarray(received(state, images))
+    maps = np.asarray(received(run.state, images))
     small = _thumbnail_size(config)
     thumbs = np.stack([np.asarray(Image.fromarray(im).resize(small[::-1],
                                                             Image.Resampling.BILINEAR))
@@ -168,20 +181,20 @@ def define_flags() -> None:
 
 def main(argv):
     train.check_command_line(argv)
+    config, which = FLAGS.config, FLAGS.checkpoint
+    run, features = load_run(config, FLAGS.workdir, which), None
     if FLAGS.variants:
-        step, variants = evaluate_variants(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-        rows = [(f"{FLAGS.checkpoint}: {name}", step, m) for name, m in variants]
+        rows = [(f"{which}: {name}", run.step, m) for name, m in evaluate_variants(config, run)]
     else:
-        step, metrics = evaluate_run(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-        rows = [(FLAGS.checkpoint, step, metrics)]
+        features = run_features(config, run)
+        rows = [(which, run.step, train.score_features(*features, run.data, config))]
     print(format_table(rows))
     figures = Path(FLAGS.figures_dir or FLAGS.workdir)
     if FLAGS.visualize:
-        print("wrote", ranked_list_png(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                                       FLAGS.visualize, figures / "ranked_lists.png"))
+        print("wrote", ranked_list_png(config, run, FLAGS.visualize,
+                                       figures / "ranked_lists.png", features=features))
     if FLAGS.attention:
-        print("wrote", attention_png(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                                     FLAGS.attention, figures / "attention.png"))
+        print("wrote", attention_png(config, run, FLAGS.attention, figures / "attention.png"))
 
 
 if __name__ == "__main__":

@@ -234,7 +234,8 @@ def test_flip_and_feature_choices_do_what_they_say(tiny_model_kwargs):
 def test_evaluate_variants_table(trained_run):
     from dualattn import evaluate
     c, run = trained_run
-    step, rows = evaluate.evaluate_variants(c, run, "best")
+    loaded = evaluate.load_run(c, run, "best")
+    step, rows = loaded.step, evaluate.evaluate_variants(c, loaded)
     names = [name for name, _ in rows]
     assert names == ["after", "after +rerank", "after +flip", "after +flip +rerank", "before",
                      "before +rerank", "before +flip", "before +flip +rerank"]
@@ -257,10 +258,9 @@ def test_embed_a_folder_matches_evaluation_features(trained_run, data_paths, tmp
     feats = embed.embed(c, model, paths)
     assert feats.shape == (len(paths), 256) and feats.dtype == np.float32
     # The same images through the evaluation path (the prepared query split), matched by name.
-    step, graphdef, state, data, sharding = evaluate.load_run(c, run, "best")
-    reference = train.extract_features(train.make_eval_fn(c), graphdef, state,
-                                       data.sources["query"], c, sharding)
-    (names,) = read_columns(data.sources["query"], "path")
+    loaded = evaluate.load_run(c, run, "best")
+    reference, _ = evaluate.run_features(c, loaded)
+    (names,) = read_columns(loaded.data.sources["query"], "path")
     by_name = {Path(str(n.decode() if isinstance(n, bytes) else n)).name: f
                for n, f in zip(names, reference)}
     np.testing.assert_allclose(feats, np.stack([by_name[p.name] for p in paths]), atol=1e-5)
@@ -303,7 +303,8 @@ def test_ranked_list_and_attention_figures(trained_run, tmp_path):
     from dualattn import evaluate, visualize
     c, run = trained_run
     h, w = c.input.height, c.input.width  # 64 x 32: thumbnails at input size
-    out = evaluate.ranked_list_png(c, run, "best", 3, tmp_path / "ranked.png")
+    loaded = evaluate.load_run(c, run, "best")
+    out = evaluate.ranked_list_png(c, loaded, 3, tmp_path / "ranked.png")
     cell_w, cell_h = (w + 2 * visualize.FRAME + visualize.CELL_PAD,
                       h + 2 * visualize.FRAME + visualize.CELL_PAD)
     with Image.open(out) as fig:
@@ -313,7 +314,7 @@ def test_ranked_list_and_attention_figures(trained_run, tmp_path):
     for col in range(1, 11):
         colour = tuple(pixels[0, visualize.QUERY_GAP + col * cell_w])
         assert colour in (visualize.GREEN, visualize.RED)
-    out = evaluate.attention_png(c, run, "best", 4, tmp_path / "attention.png")
+    out = evaluate.attention_png(c, loaded, 4, tmp_path / "attention.png")
     with Image.open(out) as fig:
         assert fig.size == (4 * (2 * w + 2 * visualize.CELL_PAD), h + visualize.CELL_PAD)
 
