@@ -454,10 +454,14 @@ def main(argv):
         print(e)
         sys.exit(128 + e.signum)
     except checkpoint.CheckpointWriteError as e:
-        # orbax's failed background writers still hold asyncio tasks that print tracebacks at
-        # interpreter shutdown; what was written is closed and flushed, so leave at once.
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # orbax's failed background writers keep printing tracebacks from their threads, even
+        # while the interpreter shuts down. Everything of ours is closed and flushed: silence
+        # stderr, write the one line that matters last, and leave at once.
         sys.stdout.flush()
+        sys.stderr.flush()
+        message = os.dup(2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        os.write(message, f"error: {e}\n".encode())
         os._exit(1)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
