@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
-from PIL import Image, UnidentifiedImageError
 
+from data_pipeline.datasets.layouts import listing, unreadable_images
 from dualattn import checkpoint, evaluate, train
 from dualattn.metrics import compute_distance_matrix
 
@@ -40,16 +40,10 @@ def list_images(folder: Path) -> list[Path]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise EmbedError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}")
-    bad = []
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                img.verify()
-        except (OSError, UnidentifiedImageError) as e:
-            bad.append(f"{p}: {e}")
+    bad = unreadable_images(paths, modes=None)  # any mode: decoding converts to RGB
     if bad:
-        raise EmbedError(f"{len(bad)} image(s) cannot be decoded; remove or replace them:\n  "
-                         + "\n  ".join(bad[:20]))
+        raise EmbedError(f"{len(bad)} image(s) cannot be decoded; remove or replace them:"
+                         + listing(bad))
     return paths
 
 

@@ -63,10 +63,8 @@ def load_run(config, workdir: str | Path, which: str = "best") -> Run:
 def run_features(config, run: Run, feature: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Query and gallery test features with the config's options (``feature`` overrides
     ``model.test_feature``)."""
-    eval_fn = train.make_eval_fn(config, feature)
-    return tuple(train.extract_features(eval_fn, run.graphdef, run.state,
-                                        run.data.sources[split], config, run.batch_sharding)
-                 for split in ("query", "gallery"))
+    return train.query_gallery_features(train.make_eval_fn(config, feature), run.graphdef,
+                                        run.state, run.data, config, run.batch_sharding)
 
 
 def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:

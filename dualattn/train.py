@@ -218,11 +218,15 @@ def extract_features(eval_fn, graphdef, state, source, config, batch_sharding):
 
 def evaluate_state(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:
     """Rank-1/5/10, mAP and mINP (fractions) of the current state on query vs gallery."""
-    q = extract_features(eval_fn, graphdef, state, data.sources["query"], config,
-                         batch_sharding)
-    g = extract_features(eval_fn, graphdef, state, data.sources["gallery"], config,
-                         batch_sharding)
-    return score_features(q, g, data, config)
+    return score_features(*query_gallery_features(eval_fn, graphdef, state, data, config,
+                                                  batch_sharding), data, config)
+
+
+def query_gallery_features(eval_fn, graphdef, state, data: Data, config,
+                           batch_sharding) -> tuple[np.ndarray, np.ndarray]:
+    """``extract_features`` of the query and of the gallery split."""
+    return tuple(extract_features(eval_fn, graphdef, state, data.sources[split], config,
+                                  batch_sharding) for split in ("query", "gallery"))
 
 
 def distance_matrix(q: np.ndarray, g: np.ndarray, config,

@@ -176,7 +176,8 @@ def cuhk03_np(variant: str) -> FolderLayout:
         subdir=variant, pattern=re.compile(r"^(\d+)_c(\d+)_\d+\.png$"))
 
 
-def _listing(problems: list[str]) -> str:
+def listing(problems: list[str]) -> str:
+    """The first ``MAX_LISTED`` problems, one per indented line, and how many more."""
     shown = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     return f"\n  {shown}{more}"
@@ -202,16 +203,24 @@ def find_root(manual_dir: str | Path, layout: Layout) -> Path:
                              f"{layout.describe()}")
 
 
-def _unreadable(path: Path) -> str | None:
-    """None if the image decodes completely, else the reason."""
+def _unreadable(path: Path, modes: tuple[str, ...] | None = ("RGB", "L")) -> str | None:
+    """None if the image decodes completely (in one of ``modes``, if given), else the reason."""
     try:
         with Image.open(io.BytesIO(path.read_bytes())) as img:
             img.load()  # full decode: catches truncated files that verify() lets through
-            if img.mode not in ("RGB", "L"):
+            if modes is not None and img.mode not in modes:
                 return f"{path}: unsupported colour mode {img.mode}"
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is unusable
         return f"{path}: {type(e).__name__}: {e}"
     return None
+
+
+def unreadable_images(paths: list[Path], modes: tuple[str, ...] | None = ("RGB", "L"),
+                      num_threads: int = 8) -> list[str]:
+    """``"path: reason"`` for every image of ``paths`` that does not decode completely (or is
+    not in one of ``modes``), decoded on ``num_threads`` threads (PIL releases the GIL)."""
+    with ThreadPoolExecutor(num_threads) as pool:
+        return [r for r in pool.map(lambda p: _unreadable(p, modes), paths) if r]
 
 
 def scan(manual_dir: str | Path, layout: Layout, *, check_images: bool = True,
@@ -221,7 +230,7 @@ def scan(manual_dir: str | Path, layout: Layout, *, check_images: bool = True,
     found, problems = layout.entries(root)
     if problems:
         raise DatasetLayoutError(f"{len(problems)} problem(s) with the {layout.name} files in "
-                                 f"{root}; expected {layout.describe()}:" + _listing(problems))
+                                 f"{root}; expected {layout.describe()}:" + listing(problems))
     records = {split: [Record(path, pid, cam - 1, path.relative_to(root).as_posix())
                        for path, pid, cam in found[split]
                        if pid != layout.junk_pid] for split in SPLITS}
@@ -231,12 +240,11 @@ def scan(manual_dir: str | Path, layout: Layout, *, check_images: bool = True,
         raise DatasetLayoutError(f"no usable images for split(s) {', '.join(empty)} in {root}; "
                                  f"expected {layout.describe()}")
     if check_images:
-        with ThreadPoolExecutor(num_threads) as pool:  # PIL decodes without the GIL
-            corrupt = [r for r in pool.map(_unreadable, files) if r]
+        corrupt = unreadable_images(files, num_threads=num_threads)
         if corrupt:
             raise DatasetLayoutError(f"{len(corrupt)} image(s) under {root} cannot be decoded; "
                                      "re-extract them from the original archive or delete them:"
-                                     + _listing(corrupt))
+                                     + listing(corrupt))
     return records
 
 
