@@ -63,9 +63,13 @@ NUM_CLASSES = 751
 
 
 def run_jax(config, steps: int, warmup: int) -> dict:
+    import os
+
+    from dualattn import train, xla_flags
+
+    xla_flags.prefer_lean_cpu_schedule()  # as the trainer does, before the backend starts
     import jax
 
-    from dualattn import train
     from dualattn.augment import AugmentConfig
 
     gpu = jax.devices()[0].platform == "gpu"
@@ -89,7 +93,8 @@ def run_jax(config, steps: int, warmup: int) -> dict:
     peak = (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
     return {"framework": f"JAX {jax.__version__}", "device": device.device_kind,
             "precision": "bf16 compute" if gpu else "f32", "seconds": seconds,
-            "peak_bytes": peak, "loss": float(metrics["loss"])}
+            "peak_bytes": peak, "loss": float(metrics["loss"]),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bool) -> dict:
@@ -196,6 +201,7 @@ def main() -> None:
         ips = batch_size * args.steps / r["seconds"]
         print(f"{r['framework']:<22}{r['device'][:23]:<24}{r['precision']:<38}{ips:>10.1f}"
               f"{r['peak_bytes'] / 2**20:>10.0f}{ips / base:>8.2f}x")
+    print(f"JAX ran with XLA_FLAGS={results[0]['xla_flags']!r}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from data_pipeline import synthetic
 from data_pipeline.datasets import DatasetLayoutError, data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import eval_dataset, train_dataset
 from data_pipeline.sampler import PKSampler
-from dualattn import checkpoint, preemption
+from dualattn import checkpoint, preemption, xla_flags
 from dualattn.augment import AugmentConfig, augment, normalize
 from dualattn.losses import reid_loss
 from dualattn.metrics import compute_distance_matrix, evaluate
@@ -446,6 +446,7 @@ def check_command_line(argv: list[str]) -> None:
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+    xla_flags.prefer_lean_cpu_schedule()
 
 
 def main(argv):
