@@ -8,7 +8,9 @@ the same settings: the network of ``config.model``, ``config.input.p x k`` image
 L2 weight decay. Ours is the trainer's real ``train_step`` with augmentation switched off (the
 twin's input is likewise ready-made); it receives uint8 images and normalises them on the
 device, the twin receives normalised float32. Printed: images/s (after ``--warmup`` steps,
-which include compilation), peak memory and the ratio.
+which include compilation), peak memory and the ratio. Ours starts as the trainer does, with
+``dualattn.xla_flags``' CPU schedule flag unless ``XLA_FLAGS`` already sets it; the flags it
+ran with are printed under the table.
 
 Precision follows the platform, as users would run each framework:
 - CPU: f32 on both sides.
