@@ -13,7 +13,7 @@ import os
 
 # XLA:CPU's concurrency-optimised scheduler runs independent ops side by side and keeps more
 # buffers alive to do so. Off, the ResNet-50 train step (batch 32, 384x128, 2 cores) ran at
-# 5.1 instead of 4.9 images/s in 5.3 instead of 8.3 GiB, and the synthetic config's step 13 %
+# 5.2 instead of 4.9 images/s in 5.4 instead of 8.1 GiB, and the synthetic config's step 13 %
 # faster (BENCHMARKS.md). It only exists as a flag: per-jit compile options do not reach it.
 LEAN_CPU_SCHEDULE = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
