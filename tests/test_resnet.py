@@ -83,17 +83,24 @@ def test_invalid_architecture_is_rejected(bad):
     (1, 1, 8), (1, 2, 8), (1, 1, 40),        # 1x1 as matmuls; narrowing and widening
     (3, 1, 16), (3, 2, 16),                  # narrow 3x3: XLA's own gradient
     (3, 1, layers.TAP_MATMUL_MIN_CHANNELS), (3, 2, layers.TAP_MATMUL_MIN_CHANNELS),  # per tap
+    (7, 2, 3), (3, 1, layers.IM2COL_MAX_CHANNELS), (5, 2, 1),                        # im2col
 ])
-def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels):
+@pytest.mark.parametrize("im2col_chunk_bytes", [layers.IM2COL_CHUNK_BYTES, 1])
+def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels,
+                                                       im2col_chunk_bytes, monkeypatch):
     """Our convolutions differ from ``nnx.Conv`` only in how XLA:CPU schedules them: output,
-    input gradient and kernel gradient agree to float rounding."""
+    input gradient and kernel gradient agree to float rounding (the im2col gradient also when
+    built one image at a time)."""
+    if im2col_chunk_bytes == 1 and channels > layers.IM2COL_MAX_CHANNELS:
+        pytest.skip("chunking only concerns the im2col kernel gradient")
+    monkeypatch.setattr(layers, "IM2COL_CHUNK_BYTES", im2col_chunk_bytes)
     out = 24
     ours = layers.conv(channels, out, kernel, stride, kernel // 2, dtype=jnp.float32,
                        param_dtype=jnp.float32, rngs=nnx.Rngs(0))
     plain = nnx.Conv(channels, out, (kernel, kernel), strides=(stride, stride),
                      padding=((kernel // 2,) * 2,) * 2, use_bias=False, rngs=nnx.Rngs(1))
     plain.kernel[...] = ours.kernel[...]
-    x = jax.random.normal(jax.random.key(2), (2, 7, 6, channels))
+    x = jax.random.normal(jax.random.key(2), (3, 9, 8, channels))
 
     def loss(conv, x):
         y = conv(x)

@@ -32,6 +32,53 @@ def batch_norm(features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, use
                          rngs=rngs)
 
 
+def _written_once(*xs):
+    """``xs`` unchanged, passed through a ``lax.cond`` that XLA cannot see through.
+
+    The predicate reads one element of the first floating-point array (true unless it is NaN)
+    and the other branch negates twice, so both branches return ``xs`` exactly; a conditional's
+    operands and results are buffers, so what feeds it is computed once and stored.
+    """
+    probe = next(x for x in xs if jnp.issubdtype(x.dtype, jnp.floating)).ravel()[0]
+    out = jax.lax.cond(probe == probe, lambda *v: v, lambda *v: tuple(-(-a) for a in v), *xs)
+    return out if len(xs) > 1 else out[0]
+
+
+def store(*xs):
+    """Identity that makes XLA:CPU write ``xs`` to memory once; identity elsewhere.
+
+    Why: XLA:CPU fuses chains of elementwise ops into every consumer and recomputes them there.
+    A ResNet stage's residual stream is such a chain (BN, SE scale, add, ReLU for every block),
+    so each consumer re-reads all the stage's convolution outputs, and when the consumer is the
+    transpose in front of a kernel-gradient matmul it reads them in transposed order: 0.9 s of
+    a 6.2 s ResNet-50 step at batch 32, 384x128. ``lax.optimization_barrier`` does not help (XLA
+    drops it before fusion); a conditional is a real boundary. The price is memory: values
+    that were recomputed now stay alive until the backward pass (5.4 -> 6.1 GiB peak for that
+    step). GPUs and TPUs get the identity: their fusion is what we want there, and a
+    conditional would wait on the host.
+    """
+    return jax.lax.platform_dependent(*xs, cpu=_written_once, default=lambda *v: (
+        v if len(v) > 1 else v[0]))
+
+
+@jax.custom_vjp
+def stored_both_ways(x: jax.Array) -> jax.Array:
+    """``store`` on the value and on its cotangent: for the residual stream between blocks,
+    whose gradient is a chain through the same blocks backwards."""
+    return store(x)
+
+
+def _stored_both_ways_fwd(x):
+    return store(x), None
+
+
+def _stored_both_ways_bwd(_, g):
+    return (store(g),)
+
+
+stored_both_ways.defvjp(_stored_both_ways_fwd, _stored_both_ways_bwd)
+
+
 # Pixels are contracted over axes 0 and 1 of (rows, columns, channels) operands.
 _OVER_PIXELS = (((0, 1), (0, 1)), ((), ()))
 
@@ -57,10 +104,11 @@ def _matmul_over_pixels_bwd(precision, residuals, g):
     """
     x, w = residuals
     dx = jnp.einsum("pqo,co->pqc", g, w, precision=precision)
+    # The transposed operand is stored first: read in place, not recomputed transposed.
     if x.shape[-1] <= g.shape[-1]:
-        dw = jax.lax.dot_general(x, g, _OVER_PIXELS, precision=precision)
+        dw = jax.lax.dot_general(store(x), g, _OVER_PIXELS, precision=precision)
     else:
-        dw = jax.lax.dot_general(g, x, _OVER_PIXELS, precision=precision).T
+        dw = jax.lax.dot_general(store(g), x, _OVER_PIXELS, precision=precision).T
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -89,8 +137,13 @@ def pointwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
     return y.reshape(n, h, w, rhs.shape[-1])
 
 
-# From this many input channels up, a spatial kernel's gradient is taken as per-tap matmuls.
-TAP_MATMUL_MIN_CHANNELS = 256
+# Which kernel gradient a spatial convolution takes on the CPU, by its input channels: per-tap
+# matmuls from TAP_MATMUL_MIN_CHANNELS up, one im2col matmul per group of images up to
+# IM2COL_MAX_CHANNELS (the RGB stem), XLA's own in between (layer1's 64 channels, where it won).
+TAP_MATMUL_MIN_CHANNELS = 128
+IM2COL_MAX_CHANNELS = 4
+# Bytes of im2col patches built at a time: bounds the extra memory of the stem's gradient.
+IM2COL_CHUNK_BYTES = 16 << 20
 
 
 def _spatial_conv(x, w, strides, padding, precision):
@@ -98,58 +151,100 @@ def _spatial_conv(x, w, strides, padding, precision):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_tap_matmul_grad(x, w, strides, padding, precision):
-    """A plain NHWC convolution whose kernel gradient is one matmul per kernel tap."""
+def _tap_views(xp, kh, kw, strides, out_h, out_w, rows_axis=1):
+    """The strided view of the padded input that each kernel tap reads, row-major over taps;
+    rows and columns are axes ``rows_axis`` and ``rows_axis + 1``."""
+    sh, sw = strides
+    lead = (slice(None),) * rows_axis
+    return [xp[(*lead, slice(i, i + sh * (out_h - 1) + 1, sh),
+                slice(j, j + sw * (out_w - 1) + 1, sw))]
+            for i in range(kh) for j in range(kw)]
+
+
+def _kernel_grad_per_tap(xp, g, kernel_shape, strides, precision):
+    """kh * kw matmuls of the stored g^T (the shared left operand) with each tap's view.
+
+    For 128+ input channels XLA:CPU's own kernel gradient of a 3x3 convolution transposes both
+    operands: 1.2-1.7x slower than these (128 vs 82 ms for 32x24x8x512 -> 512, 61 vs 35 ms for
+    layer2's strided 32x96x32x128 -> 128).
+    """
+    kh, kw, cin, cout = kernel_shape
+    g = store(g)
+    taps = [jax.lax.dot_general(g, view, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                precision=precision)
+            for view in _tap_views(xp, kh, kw, strides, *g.shape[1:3])]
+    return jnp.stack(taps).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
+
+
+def _kernel_grad_im2col(xp, g, kernel_shape, strides, precision):
+    """patches^T @ g, built for a few images at a time and summed.
+
+    For the stem (3 input channels, 7x7, stride 2) XLA:CPU's kernel gradient ran at a sixth of
+    the matmul rate (125 ms at batch 32, 384x128). Built channel-major from the 3-channel input
+    (cheap to transpose), the patches are a plain (kh*kw*cin, pixels) left operand and g is
+    read in place: 60 ms with 16 MiB of patches at a time.
+    """
+    kh, kw, cin, cout = kernel_shape
+    n, out_h, out_w, _ = g.shape
+    xt = xp.transpose(3, 0, 1, 2)  # (cin, n, rows, cols)
+    per_image = kh * kw * cin * out_h * out_w * xp.dtype.itemsize
+    step = max(1, min(n, IM2COL_CHUNK_BYTES // per_image))
+    dw = None
+    for start in range(0, n, step):
+        views = _tap_views(xt[:, start:start + step], kh, kw, strides, out_h, out_w, 2)
+        patches = jnp.stack(views).reshape(kh * kw * cin, -1)
+        part = jnp.dot(patches, g[start:start + step].reshape(-1, cout), precision=precision)
+        dw = part if dw is None else dw + part
+    return dw.reshape(kh, kw, cin, cout)
+
+
+_KERNEL_GRADS = {"per_tap": _kernel_grad_per_tap, "im2col": _kernel_grad_im2col}
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_matmul_kernel_grad(x, w, strides, padding, precision, method):
+    """A plain NHWC convolution whose kernel gradient is ``_KERNEL_GRADS[method]``."""
     return _spatial_conv(x, w, strides, padding, precision)
 
 
-def _conv_tap_matmul_grad_fwd(x, w, strides, padding, precision):
+def _conv_matmul_kernel_grad_fwd(x, w, strides, padding, precision, method):
     return _spatial_conv(x, w, strides, padding, precision), (x, w)
 
 
-def _conv_tap_matmul_grad_bwd(strides, padding, precision, residuals, g):
-    """XLA's input gradient; the kernel gradient as kh * kw matmuls of g^T with strided views.
-
-    For wide inputs (layer3 and layer4 of ResNet-50) XLA:CPU's own kernel gradient of a 3x3
-    convolution transposes both operands and ran 1.2-1.6x slower than these matmuls (128 vs
-    82 ms for 32x24x8x512 -> 512); each tap's view is read in place and g is the transposed,
-    shared left operand. Narrow convolutions keep XLA's, which won there.
-    """
+def _conv_matmul_kernel_grad_bwd(strides, padding, precision, method, residuals, g):
+    """XLA's input gradient, our kernel gradient."""
     x, w = residuals
     dx = jax.vjp(lambda x: _spatial_conv(x, w, strides, padding, precision), x)[1](g)[0]
-    kh, kw, cin, cout = w.shape
-    (sh, sw), (_, ho, wo, _) = strides, g.shape
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    taps = [jax.lax.dot_general(
-        g, xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :],
-        (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
-        for i in range(kh) for j in range(kw)]
-    dw = jnp.stack(taps).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
+    dw = _KERNEL_GRADS[method](xp, g, w.shape, strides, precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_conv_tap_matmul_grad.defvjp(_conv_tap_matmul_grad_fwd, _conv_tap_matmul_grad_bwd)
+_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
 
 
-def wide_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                              precision=None, preferred_element_type=None,
-                              **_unused) -> jax.Array:
-    """``lax.conv_general_dilated`` for NHWC/HWIO spatial kernels, with the kernel gradient as
-    per-tap matmuls (``_conv_tap_matmul_grad_bwd``) when the input has 256+ channels."""
+def spatial_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                 rhs_dilation=None, dimension_numbers=None,
+                                 feature_group_count=1, precision=None,
+                                 preferred_element_type=None, **_unused) -> jax.Array:
+    """``lax.conv_general_dilated`` for NHWC/HWIO spatial kernels whose kernel gradient is
+    taken as matmuls when that is faster on the CPU (per tap from 128 input channels, im2col
+    up to 4); anything else, or any other channel count, is XLA's convolution unchanged."""
     plain = (feature_group_count == 1 and preferred_element_type is None
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and not isinstance(padding, str)
              and dimension_numbers in (None, jax.lax.conv_dimension_numbers(
                  lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))))
-    if not plain or lhs.shape[-1] < TAP_MATMUL_MIN_CHANNELS:
+    channels = lhs.shape[-1]
+    method = ("per_tap" if channels >= TAP_MATMUL_MIN_CHANNELS
+              else "im2col" if channels <= IM2COL_MAX_CHANNELS else None)
+    if not plain or method is None:
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, precision=precision,
             preferred_element_type=preferred_element_type)
-    return _conv_tap_matmul_grad(lhs, rhs, tuple(window_strides),
-                                 tuple(tuple(p) for p in padding), precision)
+    return _conv_matmul_kernel_grad(lhs, rhs, tuple(window_strides),
+                                    tuple(tuple(p) for p in padding), precision, method)
 
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad: int = 0, *,
@@ -157,10 +252,76 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad:
     """Bias-free convolution with explicit symmetric padding (torch's), He fan-out init.
 
     Same parameters and results as ``nnx.Conv``; only the CPU schedule differs: 1x1 kernels
-    run as matmuls (``pointwise_conv_general_dilated``), wider spatial kernels take their
-    kernel gradient as per-tap matmuls (``wide_conv_general_dilated``)."""
+    run as matmuls (``pointwise_conv_general_dilated``), spatial kernels take their kernel
+    gradient as matmuls where that is faster (``spatial_conv_general_dilated``)."""
     extra = {"conv_general_dilated": (pointwise_conv_general_dilated if kernel == 1
-                                      else wide_conv_general_dilated)}
+                                      else spatial_conv_general_dilated)}
     return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=conv_kernel_init, rngs=rngs, **extra)
+
+
+
+def max_pool(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
+    """Max pooling over a square window with -inf padding (torch's ``MaxPool2d``), NHWC.
+
+    Same values as ``nnx.max_pool``, and the same gradient: all of it to the first maximum of
+    each window in row-major order (torch's choice, and XLA's select-and-scatter's). The
+    gradient is computed differently: the forward pass stores which tap won as int8
+    (``_max_pool_fwd``) and the backward scatters with nine selects; XLA:CPU's
+    select-and-scatter (a variadic reduce-window with index arrays, then a scatter) took
+    150 ms of the ResNet-50 step at batch 32, 384x128, these take about 45.
+    """
+    return _max_pool(x, window, stride, pad)
+
+
+def _window_views(xp, window, stride, out_h, out_w):
+    """The strided views of a padded input that each window tap reads, in row-major order."""
+    return [xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+            for i in range(window) for j in range(window)]
+
+
+def _max_pool_parts(x, window, stride, pad, *, with_argmax):
+    _, h, w, _ = x.shape
+    out_h, out_w = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    views = _window_views(xp, window, stride, out_h, out_w)
+    y = views[0]
+    for v in views[1:]:
+        y = jnp.maximum(y, v)
+    if not with_argmax:
+        return y, None
+    argmax = jnp.full(y.shape, len(views) - 1, jnp.int8)
+    for tap in range(len(views) - 2, -1, -1):  # the lowest tap that reaches the maximum wins
+        argmax = jnp.where(views[tap] == y, jnp.int8(tap), argmax)
+    return store(y, argmax)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, pad):
+    return store(_max_pool_parts(x, window, stride, pad, with_argmax=False)[0])
+
+
+def _max_pool_fwd(x, window, stride, pad):
+    y, argmax = _max_pool_parts(x, window, stride, pad, with_argmax=True)
+    return y, (argmax, x.shape)
+
+
+def _max_pool_bwd(window, stride, pad, residuals, g):
+    """Each tap's share of ``g`` (where it won), placed on the input grid by an interior pad."""
+    argmax, (_, h, w, _) = residuals
+    out_h, out_w = g.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    dxp = None
+    for tap in range(window * window):
+        i, j = divmod(tap, window)
+        part = jax.lax.pad(jnp.where(argmax == tap, g, zero), zero, (
+            (0, 0, 0),
+            (i, h + 2 * pad - i - stride * (out_h - 1) - 1, stride - 1),
+            (j, w + 2 * pad - j - stride * (out_w - 1) - 1, stride - 1),
+            (0, 0, 0)))
+        dxp = part if dxp is None else dxp + part
+    return (dxp[:, pad:pad + h, pad:pad + w],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

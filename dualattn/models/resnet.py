@@ -57,7 +57,9 @@ class Bottleneck(nnx.Module):
         shortcut = x
         if self.downsample_conv is not None:
             shortcut = self.downsample_bn(self.downsample_conv(x), use_running_average=ura)
-        return jax.nn.relu(y + shortcut)
+        # Stored on the CPU (value and gradient): else XLA recomputes the stage's whole residual
+        # stream inside every consumer; a no-op elsewhere (layers.store).
+        return layers.stored_both_ways(jax.nn.relu(y + shortcut))
 
 
 class ResNet(nnx.Module):
@@ -98,7 +100,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = layers.max_pool(x, 3, 2, 1)
         for stage in self.stages():
             for block in stage:
                 x = block(x, train=train)

@@ -1,0 +1,61 @@
+"""The CPU-schedule helpers of ``dualattn.models.layers``: they must not change any value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dualattn.models import layers
+
+
+def test_store_is_the_identity_and_a_boundary_xla_keeps():
+    """``store`` returns its operands bit for bit, passes gradients through unchanged, and on
+    the CPU compiles to a conditional: if XLA ever learns to see through it, the chains it
+    guards are fused again and this says so."""
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3))
+    x = x.at[0, 0, 0].set(-0.0)
+    idx = jnp.arange(60, dtype=jnp.int8).reshape(4, 5, 3)
+
+    fn = jax.jit(lambda x, i: layers.store(jnp.exp(x) * 2.0, i + 1))
+    y, j = fn(x, idx)
+    np.testing.assert_array_equal(y, jnp.exp(x) * 2.0)
+    np.testing.assert_array_equal(j, idx + 1)
+    np.testing.assert_array_equal(jax.jit(layers.store)(x), x)
+    assert np.signbit(jax.jit(layers.store)(x)[0, 0, 0])  # -0.0 stays -0.0
+
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(layers.stored_both_ways(x * 3.0)))))(x)
+    np.testing.assert_allclose(grad, 3.0 * jnp.cos(x * 3.0), rtol=1e-6)
+    if jax.default_backend() == "cpu":
+        assert "conditional" in fn.lower(x, idx).compile().as_text()
+
+
+def test_store_passes_nan_through():
+    """The conditional's other branch (taken when the probed element is NaN) is the identity
+    too."""
+    x = jnp.array([jnp.nan, 1.0, -2.0])
+    np.testing.assert_array_equal(jax.jit(layers.store)(x), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 8, 5), (3, 9, 7, 4)])
+def test_max_pool_matches_reduce_window_and_its_gradient(shape):
+    """Values equal ``nnx.max_pool``'s; the gradient goes to the first maximum of each window,
+    as XLA's select-and-scatter (and torch) send it, also when windows tie, which ReLU zeros
+    make common, and at the -inf padded borders."""
+    x = jax.nn.relu(jax.random.normal(jax.random.key(1), shape))
+    x = x.at[:, :, : shape[2] // 2].set(0.0)  # whole windows of ties
+    g = jax.random.normal(jax.random.key(2), (shape[0], (shape[1] + 1) // 2,
+                                              (shape[2] + 1) // 2, shape[3]))
+
+    def reference(x):
+        return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def ours(x):
+        return layers.max_pool(x, 3, 2, 1)
+
+    np.testing.assert_array_equal(jax.jit(ours)(x), jax.jit(reference)(x))
+    dx_ours, dx_ref = (jax.jit(lambda x, g, f=f: jax.vjp(f, x)[1](g)[0])(x, g)
+                       for f in (ours, reference))
+    # Where overlapping windows pick the same input, the shares are summed in another order.
+    np.testing.assert_allclose(dx_ours, dx_ref, rtol=1e-6, atol=1e-6)
+    assert np.count_nonzero(dx_ours) == np.count_nonzero(dx_ref)
