@@ -81,9 +81,8 @@ def test_invalid_architecture_is_rejected(bad):
 
 @pytest.mark.parametrize("kernel,stride,channels", [
     (1, 1, 8), (1, 2, 8), (1, 1, 40),        # 1x1 as matmuls; narrowing and widening
-    (3, 1, 16), (3, 2, 16),                  # narrow 3x3: XLA's own gradient
+    (3, 1, 16), (3, 2, 16), (7, 2, 3), (5, 2, 1),                   # im2col kernel gradient
     (3, 1, layers.TAP_MATMUL_MIN_CHANNELS), (3, 2, layers.TAP_MATMUL_MIN_CHANNELS),  # per tap
-    (7, 2, 3), (3, 1, layers.IM2COL_MAX_CHANNELS), (5, 2, 1),                        # im2col
 ])
 @pytest.mark.parametrize("im2col_chunk_bytes", [layers.IM2COL_CHUNK_BYTES, 1])
 def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels,
@@ -91,7 +90,7 @@ def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels,
     """Our convolutions differ from ``nnx.Conv`` only in how XLA:CPU schedules them: output,
     input gradient and kernel gradient agree to float rounding (the im2col gradient also when
     built one image at a time)."""
-    if im2col_chunk_bytes == 1 and channels > layers.IM2COL_MAX_CHANNELS:
+    if im2col_chunk_bytes == 1 and (kernel == 1 or channels >= layers.TAP_MATMUL_MIN_CHANNELS):
         pytest.skip("chunking only concerns the im2col kernel gradient")
     monkeypatch.setattr(layers, "IM2COL_CHUNK_BYTES", im2col_chunk_bytes)
     out = 24

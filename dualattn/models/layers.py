@@ -138,12 +138,11 @@ def pointwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
 
 
 # Which kernel gradient a spatial convolution takes on the CPU, by its input channels: per-tap
-# matmuls from TAP_MATMUL_MIN_CHANNELS up, one im2col matmul per group of images up to
-# IM2COL_MAX_CHANNELS (the RGB stem), XLA's own in between (layer1's 64 channels, where it won).
+# matmuls from TAP_MATMUL_MIN_CHANNELS up, below that one im2col matmul per group of images.
 TAP_MATMUL_MIN_CHANNELS = 128
-IM2COL_MAX_CHANNELS = 4
-# Bytes of im2col patches built at a time: bounds the extra memory of the stem's gradient.
-IM2COL_CHUNK_BYTES = 16 << 20
+# Bytes of im2col patches built at a time: bounds the extra memory, and a few MiB is also
+# the fastest (one 384x128 image of the stem or of layer1 at a time).
+IM2COL_CHUNK_BYTES = 8 << 20
 
 
 def _spatial_conv(x, w, strides, padding, precision):
@@ -179,10 +178,11 @@ def _kernel_grad_per_tap(xp, g, kernel_shape, strides, precision):
 def _kernel_grad_im2col(xp, g, kernel_shape, strides, precision):
     """patches^T @ g, built for a few images at a time and summed.
 
-    For the stem (3 input channels, 7x7, stride 2) XLA:CPU's kernel gradient ran at a sixth of
-    the matmul rate (125 ms at batch 32, 384x128). Built channel-major from the 3-channel input
-    (cheap to transpose), the patches are a plain (kh*kw*cin, pixels) left operand and g is
-    read in place: 60 ms with 16 MiB of patches at a time.
+    XLA:CPU's kernel gradient of narrow convolutions runs far below the matmul rate: 125 ms for
+    the stem (3 channels, 7x7, stride 2) and 72 ms for a layer1 3x3 at 64 channels (batch 32,
+    384x128). Built channel-major from the transposed input, the patches are a plain
+    (kh*kw*cin, pixels) left operand and g is read in place: 59 and 45 ms, with one image's
+    patches (7 MiB) at a time; larger groups were slower.
     """
     kh, kw, cin, cout = kernel_shape
     n, out_h, out_w, _ = g.shape
@@ -227,18 +227,17 @@ def spatial_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
                                  rhs_dilation=None, dimension_numbers=None,
                                  feature_group_count=1, precision=None,
                                  preferred_element_type=None, **_unused) -> jax.Array:
-    """``lax.conv_general_dilated`` for NHWC/HWIO spatial kernels whose kernel gradient is
-    taken as matmuls when that is faster on the CPU (per tap from 128 input channels, im2col
-    up to 4); anything else, or any other channel count, is XLA's convolution unchanged."""
+    """``lax.conv_general_dilated`` for NHWC/HWIO spatial kernels, whose kernel gradient is
+    taken as matmuls (per tap from 128 input channels, im2col below); the output and the input
+    gradient are XLA's. Dilated, grouped or otherwise unusual convolutions are XLA's entirely."""
     plain = (feature_group_count == 1 and preferred_element_type is None
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and not isinstance(padding, str)
              and dimension_numbers in (None, jax.lax.conv_dimension_numbers(
                  lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))))
     channels = lhs.shape[-1]
-    method = ("per_tap" if channels >= TAP_MATMUL_MIN_CHANNELS
-              else "im2col" if channels <= IM2COL_MAX_CHANNELS else None)
-    if not plain or method is None:
+    method = "per_tap" if channels >= TAP_MATMUL_MIN_CHANNELS else "im2col"
+    if not plain:
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, precision=precision,
@@ -275,17 +274,11 @@ def max_pool(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
     return _max_pool(x, window, stride, pad)
 
 
-def _window_views(xp, window, stride, out_h, out_w):
-    """The strided views of a padded input that each window tap reads, in row-major order."""
-    return [xp[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-            for i in range(window) for j in range(window)]
-
-
 def _max_pool_parts(x, window, stride, pad, *, with_argmax):
     _, h, w, _ = x.shape
     out_h, out_w = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
-    views = _window_views(xp, window, stride, out_h, out_w)
+    views = _tap_views(xp, window, window, (stride, stride), out_h, out_w)
     y = views[0]
     for v in views[1:]:
         y = jnp.maximum(y, v)
