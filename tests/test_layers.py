@@ -59,3 +59,25 @@ def test_max_pool_matches_reduce_window_and_its_gradient(shape):
     # Where overlapping windows pick the same input, the shares are summed in another order.
     np.testing.assert_allclose(dx_ours, dx_ref, rtol=1e-6, atol=1e-6)
     assert np.count_nonzero(dx_ours) == np.count_nonzero(dx_ref)
+
+
+def test_gpus_and_tpus_keep_xlas_convolution_and_pooling_gradients():
+    """The matmul kernel gradients and the nine-select pooling gradient are CPU schedules: a
+    step lowered for a GPU or TPU has XLA's convolution kernel gradient and select-and-scatter
+    and none of our matmuls. (Lowering needs no such device.)"""
+    conv = layers.conv(16, 8, 3, 1, 1, dtype=jnp.float32, param_dtype=jnp.float32,
+                       rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 8, 8, 16))
+
+    def loss(model, x):
+        return jnp.sum(layers.max_pool(model(x), 3, 2, 1) ** 2)
+
+    step = jax.jit(lambda model, x: nnx.grad(loss)(model, x))
+    lowered = {p: step.trace(conv, x).lower(lowering_platforms=(p,)).as_text()
+               for p in ("cpu", "cuda", "tpu")}
+    assert "dot_general" in lowered["cpu"] and "select_and_scatter" not in lowered["cpu"]
+    for platform in ("cuda", "tpu"):
+        text = lowered[platform]
+        assert "dot_general" not in text, platform
+        assert text.count("stablehlo.convolution") == 2, platform  # output, kernel gradient
+        assert "select_and_scatter" in text, platform

@@ -181,8 +181,10 @@ def _kernel_grad_im2col(xp, g, kernel_shape, strides, precision):
     XLA:CPU's kernel gradient of narrow convolutions runs far below the matmul rate: 125 ms for
     the stem (3 channels, 7x7, stride 2) and 72 ms for a layer1 3x3 at 64 channels (batch 32,
     384x128). Built channel-major from the transposed input, the patches are a plain
-    (kh*kw*cin, pixels) left operand and g is read in place: 59 and 45 ms, with one image's
-    patches (7 MiB) at a time; larger groups were slower.
+    (kh*kw*cin, pixels) left operand and g is read in place: 61 and 47 ms, with one image's
+    patches (7 MiB) at a time; larger groups were slower. Each group's patches are built only
+    after the previous group's matmul (``store`` ties them): left free, XLA built all groups
+    first (+1.2 GiB peak); a ``fori_loop`` bounds memory too but cost 10 ms per convolution.
     """
     kh, kw, cin, cout = kernel_shape
     n, out_h, out_w, _ = g.shape
@@ -191,7 +193,10 @@ def _kernel_grad_im2col(xp, g, kernel_shape, strides, precision):
     step = max(1, min(n, IM2COL_CHUNK_BYTES // per_image))
     dw = None
     for start in range(0, n, step):
-        views = _tap_views(xt[:, start:start + step], kh, kw, strides, out_h, out_w, 2)
+        xs = xt[:, start:start + step]
+        if dw is not None:  # build these patches only once the last ones are used up
+            dw, xs = store(dw, xs)
+        views = _tap_views(xs, kh, kw, strides, out_h, out_w, 2)
         patches = jnp.stack(views).reshape(kh * kw * cin, -1)
         part = jnp.dot(patches, g[start:start + step].reshape(-1, cout), precision=precision)
         dw = part if dw is None else dw + part
@@ -212,11 +217,19 @@ def _conv_matmul_kernel_grad_fwd(x, w, strides, padding, precision, method):
 
 
 def _conv_matmul_kernel_grad_bwd(strides, padding, precision, method, residuals, g):
-    """XLA's input gradient, our kernel gradient."""
+    """XLA's input gradient; our kernel gradient on the CPU, XLA's elsewhere (the convolution
+    libraries of GPUs and TPUs are fast at it)."""
     x, w = residuals
     dx = jax.vjp(lambda x: _spatial_conv(x, w, strides, padding, precision), x)[1](g)[0]
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    dw = _KERNEL_GRADS[method](xp, g, w.shape, strides, precision)
+
+    def ours(x, g):
+        xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+        return _KERNEL_GRADS[method](xp, g, w.shape, strides, precision).astype(w.dtype)
+
+    def xlas(x, g):
+        return jax.vjp(lambda w: _spatial_conv(x, w, strides, padding, precision), w)[1](g)[0]
+
+    dw = jax.lax.platform_dependent(x, g, cpu=ours, default=xlas)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
@@ -265,16 +278,24 @@ def max_pool(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
     """Max pooling over a square window with -inf padding (torch's ``MaxPool2d``), NHWC.
 
     Same values as ``nnx.max_pool``, and the same gradient: all of it to the first maximum of
-    each window in row-major order (torch's choice, and XLA's select-and-scatter's). The
-    gradient is computed differently: the forward pass stores which tap won as int8
-    (``_max_pool_fwd``) and the backward scatters with nine selects; XLA:CPU's
+    each window in row-major order (torch's choice, and XLA's select-and-scatter's). On the CPU
+    the gradient is computed differently: the forward pass stores which tap won as int8
+    (``_max_pool_parts``) and the backward scatters with nine selects; XLA:CPU's
     select-and-scatter (a variadic reduce-window with index arrays, then a scatter) took
-    150 ms of the ResNet-50 step at batch 32, 384x128, these take about 45.
+    150 ms of the ResNet-50 step at batch 32, 384x128, these take about 45. Other platforms
+    keep XLA's reduce-window and its gradient.
     """
     return _max_pool(x, window, stride, pad)
 
 
+def _reduce_window_max(x, window, stride, pad):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
+                                 (1, window, window, 1), (1, stride, stride, 1),
+                                 ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
 def _max_pool_parts(x, window, stride, pad, *, with_argmax):
+    """The pooled values and, if asked, the first winning tap of each window (int8)."""
     _, h, w, _ = x.shape
     out_h, out_w = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
@@ -283,7 +304,7 @@ def _max_pool_parts(x, window, stride, pad, *, with_argmax):
     for v in views[1:]:
         y = jnp.maximum(y, v)
     if not with_argmax:
-        return y, None
+        return store(y)
     argmax = jnp.full(y.shape, len(views) - 1, jnp.int8)
     for tap in range(len(views) - 2, -1, -1):  # the lowest tap that reaches the maximum wins
         argmax = jnp.where(views[tap] == y, jnp.int8(tap), argmax)
@@ -292,29 +313,45 @@ def _max_pool_parts(x, window, stride, pad, *, with_argmax):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, pad):
-    return store(_max_pool_parts(x, window, stride, pad, with_argmax=False)[0])
+    return jax.lax.platform_dependent(
+        x, cpu=lambda v: _max_pool_parts(v, window, stride, pad, with_argmax=False),
+        default=lambda v: _reduce_window_max(v, window, stride, pad))
 
 
 def _max_pool_fwd(x, window, stride, pad):
-    y, argmax = _max_pool_parts(x, window, stride, pad, with_argmax=True)
-    return y, (argmax, x.shape)
+    def elsewhere(v):  # no argmax: the backward pass differentiates the reduce-window
+        y = _reduce_window_max(v, window, stride, pad)
+        return y, jnp.zeros(y.shape, jnp.int8)
+
+    y, argmax = jax.lax.platform_dependent(
+        x, cpu=lambda v: _max_pool_parts(v, window, stride, pad, with_argmax=True),
+        default=elsewhere)
+    return y, (x, argmax)
 
 
 def _max_pool_bwd(window, stride, pad, residuals, g):
-    """Each tap's share of ``g`` (where it won), placed on the input grid by an interior pad."""
-    argmax, (_, h, w, _) = residuals
-    out_h, out_w = g.shape[1:3]
-    zero = jnp.zeros((), g.dtype)
-    dxp = None
-    for tap in range(window * window):
-        i, j = divmod(tap, window)
-        part = jax.lax.pad(jnp.where(argmax == tap, g, zero), zero, (
-            (0, 0, 0),
-            (i, h + 2 * pad - i - stride * (out_h - 1) - 1, stride - 1),
-            (j, w + 2 * pad - j - stride * (out_w - 1) - 1, stride - 1),
-            (0, 0, 0)))
-        dxp = part if dxp is None else dxp + part
-    return (dxp[:, pad:pad + h, pad:pad + w],)
+    x, argmax = residuals
+
+    def scatter_to_winners(x, argmax, g):
+        """Each tap's share of g (where it won), placed on the input grid by an interior pad."""
+        _, h, w, _ = x.shape
+        out_h, out_w = g.shape[1:3]
+        zero = jnp.zeros((), g.dtype)
+        dxp = None
+        for tap in range(window * window):
+            i, j = divmod(tap, window)
+            part = jax.lax.pad(jnp.where(argmax == tap, g, zero), zero, (
+                (0, 0, 0),
+                (i, h + 2 * pad - i - stride * (out_h - 1) - 1, stride - 1),
+                (j, w + 2 * pad - j - stride * (out_w - 1) - 1, stride - 1),
+                (0, 0, 0)))
+            dxp = part if dxp is None else dxp + part
+        return dxp[:, pad:pad + h, pad:pad + w]
+
+    def xlas(x, argmax, g):
+        return jax.vjp(lambda v: _reduce_window_max(v, window, stride, pad), x)[1](g)[0]
+
+    return (jax.lax.platform_dependent(x, argmax, g, cpu=scatter_to_winners, default=xlas),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
