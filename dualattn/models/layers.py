@@ -2,6 +2,12 @@
 
 They fix the two conventions that make our numbers line up with PyTorch's: BatchNorm with
 torch's defaults, and He-normal (fan-out) convolution initialisation as torchvision uses.
+
+The rest is how XLA:CPU should compute the same values (BENCHMARKS.md has the measurements):
+convolutions whose kernel gradients are matmuls, a max pool whose gradient reads stored
+indices, and ``store``, which stops XLA:CPU from recomputing elementwise chains inside every
+consumer. GPUs and TPUs get XLA's own kernel and pooling gradients and no ``store``; 1x1
+convolutions are matmuls everywhere (one GEMM either way there).
 """
 
 from __future__ import annotations
