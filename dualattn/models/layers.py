@@ -190,7 +190,7 @@ def _kernel_grad_im2col(xp, g, kernel_shape, strides, precision):
     (kh*kw*cin, pixels) left operand and g is read in place: 55 and 45 ms, with one image's
     patches (7 MiB) at a time; larger groups were slower. Each group's patches are built only
     after the previous group's matmul (``store`` ties them): left free, XLA built all groups
-    first (+1.2 GiB peak); a ``fori_loop`` bounds memory too but cost 10 ms per convolution.
+    first (+1.2 GiB peak); a ``fori_loop`` bounds memory too but cost 5-11 ms per convolution.
     """
     kh, kw, cin, cout = kernel_shape
     n, out_h, out_w, _ = g.shape
@@ -256,13 +256,12 @@ def spatial_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
              and not isinstance(padding, str)
              and dimension_numbers in (None, jax.lax.conv_dimension_numbers(
                  lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))))
-    channels = lhs.shape[-1]
-    method = "per_tap" if channels >= TAP_MATMUL_MIN_CHANNELS else "im2col"
     if not plain:
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, precision=precision,
             preferred_element_type=preferred_element_type)
+    method = "per_tap" if lhs.shape[-1] >= TAP_MATMUL_MIN_CHANNELS else "im2col"
     return _conv_matmul_kernel_grad(lhs, rhs, tuple(window_strides),
                                     tuple(tuple(p) for p in padding), precision, method)
 
@@ -279,7 +278,6 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad:
     return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=conv_kernel_init, rngs=rngs, **extra)
-
 
 
 def max_pool(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
