@@ -461,12 +461,13 @@ def main(argv):
     except checkpoint.CheckpointWriteError as e:
         # orbax's failed background writers keep printing tracebacks from their threads, even
         # while the interpreter shuts down. Everything of ours is closed and flushed: silence
-        # stderr, write the one line that matters last, and leave at once.
+        # stderr, write the one line that matters last, and leave at once. It starts a line of
+        # its own: a thread may have been cut off mid-line (seen once in CI).
         sys.stdout.flush()
         sys.stderr.flush()
         message = os.dup(2)
         os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-        os.write(message, f"error: {e}\n".encode())
+        os.write(message, f"\nerror: {e}\n".encode())
         os._exit(1)
     except USER_ERRORS as e:
         sys.exit(f"error: {e}")
