@@ -46,8 +46,7 @@ def _written_once(*xs):
     operands and results are buffers, so what feeds it is computed once and stored.
     """
     probe = next(x for x in xs if jnp.issubdtype(x.dtype, jnp.floating)).ravel()[0]
-    out = jax.lax.cond(probe == probe, lambda *v: v, lambda *v: tuple(-(-a) for a in v), *xs)
-    return out if len(xs) > 1 else out[0]
+    return jax.lax.cond(probe == probe, lambda *v: v, lambda *v: tuple(-(-a) for a in v), *xs)
 
 
 def store(*xs):
@@ -63,8 +62,8 @@ def store(*xs):
     step). GPUs and TPUs get the identity: their fusion is what we want there, and a
     conditional would wait on the host.
     """
-    return jax.lax.platform_dependent(*xs, cpu=_written_once, default=lambda *v: (
-        v if len(v) > 1 else v[0]))
+    out = jax.lax.platform_dependent(*xs, cpu=_written_once, default=lambda *v: v)
+    return out if len(xs) > 1 else out[0]
 
 
 @jax.custom_vjp
