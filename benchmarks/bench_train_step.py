@@ -9,7 +9,7 @@ L2 weight decay. Ours is the trainer's real ``train_step`` with augmentation swi
 twin's input is likewise ready-made); it receives uint8 images and normalises them on the
 device, the twin receives normalised float32. Printed: images/s (after ``--warmup`` steps,
 which include compilation), peak memory and the ratio. Ours starts as the trainer does, with
-``dualattn.xla_flags``' CPU schedule flag unless ``XLA_FLAGS`` already sets it; the flags it
+``dualattn.xla_flags``' CPU flags where ``XLA_FLAGS`` does not already set them; the flags it
 ran with are printed under the table.
 
 Precision follows the platform, as users would run each framework:
@@ -69,7 +69,7 @@ def run_jax(config, steps: int, warmup: int) -> dict:
 
     from dualattn import train, xla_flags
 
-    xla_flags.prefer_lean_cpu_schedule()  # as the trainer does, before the backend starts
+    xla_flags.prefer_cpu_flags()  # as the trainer does, before the backend starts
     import jax
 
     from dualattn.augment import AugmentConfig

@@ -446,7 +446,7 @@ def check_command_line(argv: list[str]) -> None:
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("both --config and --workdir are required")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-    xla_flags.prefer_lean_cpu_schedule()
+    xla_flags.prefer_cpu_flags()
 
 
 def main(argv):

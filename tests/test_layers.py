@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dualattn import xla_flags
 from dualattn.models import layers
 
 
@@ -61,10 +62,11 @@ def test_max_pool_matches_reduce_window_and_its_gradient(shape):
     assert np.count_nonzero(dx_ours) == np.count_nonzero(dx_ref)
 
 
-def test_gpus_and_tpus_keep_xlas_convolution_and_pooling_gradients():
+def test_gpus_and_tpus_keep_xlas_convolution_and_pooling_gradients(monkeypatch):
     """The matmul kernel gradients and the nine-select pooling gradient are CPU schedules: a
     step lowered for a GPU or TPU has XLA's convolution kernel gradient and select-and-scatter
     and none of our matmuls. (Lowering needs no such device.)"""
+    monkeypatch.setenv("XLA_FLAGS", "")  # XLA's default: CPU convolutions in YNNPACK
     conv = layers.conv(16, 8, 3, 1, 1, dtype=jnp.float32, param_dtype=jnp.float32,
                        rngs=nnx.Rngs(0))
     x = jnp.ones((2, 8, 8, 16))
@@ -81,3 +83,40 @@ def test_gpus_and_tpus_keep_xlas_convolution_and_pooling_gradients():
         assert "dot_general" not in text, platform
         assert text.count("stablehlo.convolution") == 2, platform  # output, kernel gradient
         assert "select_and_scatter" in text, platform
+
+
+def test_where_cpu_convolutions_run_in_eigen_spatial_kernels_are_xlas_entirely(monkeypatch):
+    """Our matmul kernel gradients stand in for YNNPACK's slow ones only; with the flag our
+    entry points set (convolutions in Eigen) the CPU step has XLA's convolution gradients."""
+    conv = layers.conv(16, 8, 3, 1, 1, dtype=jnp.float32, param_dtype=jnp.float32,
+                       rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 8, 8, 16))
+    texts = {}
+    for mode, flags in (("ynnpack", ""), ("eigen", xla_flags.EIGEN_CPU_CONVOLUTIONS)):
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        step = jax.jit(lambda model, x: nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+        texts[mode] = step.trace(conv, x).lower(lowering_platforms=("cpu",)).as_text()
+    assert "dot_general" in texts["ynnpack"]
+    assert "dot_general" not in texts["eigen"]
+    assert texts["eigen"].count("stablehlo.convolution") == 2  # output, kernel gradient
+
+
+@pytest.mark.parametrize("rows", [6, 5])
+def test_kernel_gradient_contractions_split_over_pixels_on_the_cpu(rows, monkeypatch):
+    """A long pixel contraction runs as two halves summed (an even number of pixel rows; odd
+    ones stay whole): the same kernel gradient to float rounding, through the 1x1 conv too."""
+    monkeypatch.setattr(layers, "PIXEL_SPLIT_MIN_PIXELS", 1)
+    a = jax.random.normal(jax.random.key(0), (rows, 4, 8))
+    b = jax.random.normal(jax.random.key(1), (rows, 4, 24))
+    contract = jax.jit(lambda a, b: layers._contract_pixels(a, b, None))
+    np.testing.assert_allclose(contract(a, b), jnp.einsum("pqa,pqb->ab", a, b), rtol=1e-5,
+                               atol=1e-5)
+    text = contract.lower(a, b).as_text()
+    assert ("batching_dims" in text) == (rows % 2 == 0)
+
+    conv = layers.conv(8, 24, 1, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    plain = nnx.Conv(8, 24, (1, 1), use_bias=False, rngs=nnx.Rngs(1))
+    plain.kernel[...] = conv.kernel[...]
+    x = a[None]  # one image of rows x 4 pixels
+    grads = [nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(m).kernel[...] for m in (conv, plain)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)

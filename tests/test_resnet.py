@@ -93,6 +93,7 @@ def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels,
     if im2col_chunk_bytes == 1 and (kernel == 1 or channels >= layers.TAP_MATMUL_MIN_CHANNELS):
         pytest.skip("chunking only concerns the im2col kernel gradient")
     monkeypatch.setattr(layers, "IM2COL_CHUNK_BYTES", im2col_chunk_bytes)
+    monkeypatch.setenv("XLA_FLAGS", "")  # XLA's default: convolutions in YNNPACK, ours apply
     out = 24
     ours = layers.conv(channels, out, kernel, stride, kernel // 2, dtype=jnp.float32,
                        param_dtype=jnp.float32, rngs=nnx.Rngs(0))

@@ -4,7 +4,8 @@ They fix the two conventions that make our numbers line up with PyTorch's: Batch
 torch's defaults, and He-normal (fan-out) convolution initialisation as torchvision uses.
 
 The rest is how XLA:CPU should compute the same values (BENCHMARKS.md has the measurements):
-convolutions whose kernel gradients are matmuls, a max pool whose gradient reads stored
+convolutions whose kernel gradients are matmuls (where XLA:CPU leaves convolutions to
+YNNPACK), 1x1 kernel gradients split over two threads, a max pool whose gradient reads stored
 indices, and ``store``, which stops XLA:CPU from recomputing elementwise chains inside every
 consumer. GPUs and TPUs get XLA's own kernel and pooling gradients and no ``store``; 1x1
 convolutions are matmuls everywhere (one GEMM either way there).
@@ -17,6 +18,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from dualattn import xla_flags
 
 # torch.nn.BatchNorm2d(momentum=0.1, eps=1e-5): Flax's momentum is the weight of the old value.
 BN_MOMENTUM = 0.9
@@ -86,6 +89,10 @@ stored_both_ways.defvjp(_stored_both_ways_fwd, _stored_both_ways_bwd)
 
 # Pixels are contracted over axes 0 and 1 of (rows, columns, channels) operands.
 _OVER_PIXELS = (((0, 1), (0, 1)), ((), ()))
+# CPU kernel gradients of 1x1 convolutions over at least this many pixels contract them in
+# PIXEL_SPLIT parts (``_contract_pixels``); below it, splitting measured slower.
+PIXEL_SPLIT = 2
+PIXEL_SPLIT_MIN_PIXELS = 16384
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -111,13 +118,36 @@ def _matmul_over_pixels_bwd(precision, residuals, g):
     dx = jnp.einsum("pqo,co->pqc", g, w, precision=precision)
     # The transposed operand is stored first: read in place, not recomputed transposed.
     if x.shape[-1] <= g.shape[-1]:
-        dw = jax.lax.dot_general(store(x), g, _OVER_PIXELS, precision=precision)
+        dw = _contract_pixels(store(x), g, precision)
     else:
-        dw = jax.lax.dot_general(store(g), x, _OVER_PIXELS, precision=precision).T
+        dw = _contract_pixels(store(g), x, precision).T
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _matmul_over_pixels.defvjp(_matmul_over_pixels_fwd, _matmul_over_pixels_bwd)
+
+
+def _contract_pixels(a: jax.Array, b: jax.Array, precision) -> jax.Array:
+    """a^T b over the pixels of (P, Q, A) and (P, Q, B) operands: the kernel gradient's matmul.
+
+    On the CPU a long contraction is split into PIXEL_SPLIT halves contracted as one batched
+    matmul and summed: XLA:CPU's matmul library shares out a matmul's output tiles between
+    threads, and a kernel gradient's output is small, so a long contraction left cores idle
+    (a 98304-pixel 64 -> 256 kernel gradient: 18 -> 11 ms on 2 cores).
+    """
+    p = a.shape[0]
+    if p % PIXEL_SPLIT or a.shape[0] * a.shape[1] < PIXEL_SPLIT_MIN_PIXELS:
+        return jax.lax.dot_general(a, b, _OVER_PIXELS, precision=precision)
+
+    def halves(a, b):
+        a = a.reshape(PIXEL_SPLIT, p // PIXEL_SPLIT, *a.shape[1:])
+        b = b.reshape(PIXEL_SPLIT, p // PIXEL_SPLIT, *b.shape[1:])
+        return jax.lax.dot_general(a, b, (((1, 2), (1, 2)), ((0,), (0,))),
+                                   precision=precision).sum(0)
+
+    return jax.lax.platform_dependent(
+        a, b, cpu=halves,
+        default=lambda a, b: jax.lax.dot_general(a, b, _OVER_PIXELS, precision=precision))
 
 
 def pointwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -248,9 +278,12 @@ def spatial_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
                                  feature_group_count=1, precision=None,
                                  preferred_element_type=None, **_unused) -> jax.Array:
     """``lax.conv_general_dilated`` for NHWC/HWIO spatial kernels, whose kernel gradient is
-    taken as matmuls (per tap from 128 input channels, im2col below); the output and the input
-    gradient are XLA's. Dilated, grouped or otherwise unusual convolutions are XLA's entirely."""
-    plain = (feature_group_count == 1 and preferred_element_type is None
+    taken as matmuls (per tap from 128 input channels, im2col below) where XLA:CPU runs
+    convolutions in YNNPACK, whose kernel gradients are slow; the output and the input
+    gradient are XLA's. Where convolutions run in Eigen (``dualattn.xla_flags``, as our entry
+    points set), and for dilated, grouped or otherwise unusual convolutions, all is XLA's."""
+    plain = (xla_flags.cpu_convolutions_in_ynnpack()
+             and feature_group_count == 1 and preferred_element_type is None
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and not isinstance(padding, str)
              and dimension_numbers in (None, jax.lax.conv_dimension_numbers(
