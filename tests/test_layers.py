@@ -1,5 +1,7 @@
 """The CPU-schedule helpers of ``dualattn.models.layers``: they must not change any value."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +122,15 @@ def test_kernel_gradient_contractions_split_over_pixels_on_the_cpu(rows, monkeyp
     x = a[None]  # one image of rows x 4 pixels
     grads = [nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(m).kernel[...] for m in (conv, plain)]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+def test_narrowing_kernel_gradients_keep_the_narrow_operand_first_on_the_cpu():
+    """For a narrowing 1x1 convolution the kernel gradient is g^T x, transposed after: XLA
+    must not fold that transpose into the matmul (it would make the wide x the transposed
+    operand, which YNNPACK does not take), so the compiled step's matmul yields (out, in)."""
+    conv = layers.conv(32, 8, 1, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 6, 4, 32))
+    step = jax.jit(lambda model, x: nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(model))
+    text = step.trace(conv, x).lower(lowering_platforms=("cpu",)).compile().as_text()
+    dots = re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} dot\(", text)
+    assert "8,32" in dots and "32,8" not in dots, dots
