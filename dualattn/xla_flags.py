@@ -19,9 +19,9 @@ LEAN_CPU_SCHEDULE = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 # Which ops XLA:CPU hands to YNNPACK: by default dots, convolutions and reductions. Its
 # convolutions are slower than XLA's Eigen ones at ResNet-50's shapes (a 64-channel 3x3 at
-# batch 32, 96x32: 33 vs 19 ms forward and input gradient alike; 512 channels: 68 vs 61 ms),
-# so convolutions stay with Eigen and dots and reductions with YNNPACK: the market train step
-# 3 % faster (BENCHMARKS.md). Kernel gradients follow (``cpu_convolutions_in_ynnpack``).
+# batch 32, 96x32: 33 vs 20 ms forward, 32 vs 20 ms input gradient; 512 channels: 68 vs 61 ms
+# forward), so convolutions go to Eigen and dots and reductions stay with YNNPACK: the market
+# train step 6 % faster (BENCHMARKS.md). Kernel gradients follow (``cpu_convolutions_in_ynnpack``).
 YNN_FUSION_TYPE = "--xla_cpu_experimental_ynn_fusion_type"
 EIGEN_CPU_CONVOLUTIONS = f"{YNN_FUSION_TYPE}=individual_dot,reduce"
 

@@ -5,7 +5,7 @@ torch's defaults, and He-normal (fan-out) convolution initialisation as torchvis
 
 The rest is how XLA:CPU should compute the same values (BENCHMARKS.md has the measurements):
 convolutions whose kernel gradients are matmuls (where XLA:CPU leaves convolutions to
-YNNPACK), 1x1 kernel gradients split over two threads, a max pool whose gradient reads stored
+YNNPACK), long 1x1 kernel-gradient contractions split in two, a max pool whose gradient reads stored
 indices, and ``store``, which stops XLA:CPU from recomputing elementwise chains inside every
 consumer. GPUs and TPUs get XLA's own kernel and pooling gradients and no ``store``; 1x1
 convolutions are matmuls everywhere (one GEMM either way there).
@@ -133,10 +133,11 @@ _matmul_over_pixels.defvjp(_matmul_over_pixels_fwd, _matmul_over_pixels_bwd)
 def _contract_pixels(a: jax.Array, b: jax.Array, precision) -> jax.Array:
     """a^T b over the pixels of (P, Q, A) and (P, Q, B) operands: the kernel gradient's matmul.
 
-    On the CPU a long contraction is split into PIXEL_SPLIT halves contracted as one batched
-    matmul and summed: XLA:CPU's matmul library shares out a matmul's output tiles between
-    threads, and a kernel gradient's output is small, so a long contraction left cores idle
-    (a 98304-pixel 64 -> 256 kernel gradient: 18 -> 11 ms on 2 cores).
+    On the CPU a long contraction is split into PIXEL_SPLIT parts contracted as one batched
+    matmul and summed. A kernel gradient's output is small and its contraction long; as one
+    matmul (YNNPACK) a 98304-pixel 64 -> 256 kernel gradient took 18 ms on 2 cores, twice the
+    forward matmul's time, and as the batched matmul (which XLA:CPU gives to Eigen, a part per
+    thread) 11 ms. At 6144 pixels the split was slower, hence PIXEL_SPLIT_MIN_PIXELS.
     """
     p = a.shape[0]
     if p % PIXEL_SPLIT or a.shape[0] * a.shape[1] < PIXEL_SPLIT_MIN_PIXELS:
