@@ -5,9 +5,9 @@ torch's defaults, and He-normal (fan-out) convolution initialisation as torchvis
 
 The rest is how XLA:CPU should compute the same values (BENCHMARKS.md has the measurements):
 convolutions whose kernel gradients are matmuls (where XLA:CPU leaves convolutions to
-YNNPACK), long 1x1 kernel-gradient contractions split in two, a max pool whose gradient reads stored
-indices, and ``store``, which stops XLA:CPU from recomputing elementwise chains inside every
-consumer. GPUs and TPUs get XLA's own kernel and pooling gradients and no ``store``; 1x1
+YNNPACK), long 1x1 kernel-gradient contractions split in two, a max pool whose gradient reads
+stored indices, and ``store``, which stops XLA:CPU from recomputing elementwise chains inside
+every consumer. GPUs and TPUs get XLA's own kernel and pooling gradients and no ``store``; 1x1
 convolutions are matmuls everywhere (one GEMM either way there).
 """
 
@@ -139,19 +139,20 @@ def _contract_pixels(a: jax.Array, b: jax.Array, precision) -> jax.Array:
     forward matmul's time, and as the batched matmul (which XLA:CPU gives to Eigen, a part per
     thread) 11 ms. At 6144 pixels the split was slower, hence PIXEL_SPLIT_MIN_PIXELS.
     """
-    p = a.shape[0]
-    if p % PIXEL_SPLIT or a.shape[0] * a.shape[1] < PIXEL_SPLIT_MIN_PIXELS:
+    def whole(a, b):
         return jax.lax.dot_general(a, b, _OVER_PIXELS, precision=precision)
 
-    def halves(a, b):
+    p = a.shape[0]
+    if p % PIXEL_SPLIT or p * a.shape[1] < PIXEL_SPLIT_MIN_PIXELS:
+        return whole(a, b)
+
+    def in_parts(a, b):
         a = a.reshape(PIXEL_SPLIT, p // PIXEL_SPLIT, *a.shape[1:])
         b = b.reshape(PIXEL_SPLIT, p // PIXEL_SPLIT, *b.shape[1:])
         return jax.lax.dot_general(a, b, (((1, 2), (1, 2)), ((0,), (0,))),
                                    precision=precision).sum(0)
 
-    return jax.lax.platform_dependent(
-        a, b, cpu=halves,
-        default=lambda a, b: jax.lax.dot_general(a, b, _OVER_PIXELS, precision=precision))
+    return jax.lax.platform_dependent(a, b, cpu=in_parts, default=whole)
 
 
 def pointwise_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -270,8 +271,7 @@ def _conv_matmul_kernel_grad_bwd(strides, padding, precision, method, residuals,
     def xlas(x, g):
         return jax.vjp(lambda w: _spatial_conv(x, w, strides, padding, precision), w)[1](g)[0]
 
-    dw = jax.lax.platform_dependent(x, g, cpu=ours, default=xlas)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return dx.astype(x.dtype), jax.lax.platform_dependent(x, g, cpu=ours, default=xlas)
 
 
 _conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
@@ -286,13 +286,12 @@ def spatial_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation
     convolutions in YNNPACK, whose kernel gradients are slow; the output and the input
     gradient are XLA's. Where convolutions run in Eigen (``dualattn.xla_flags``, as our entry
     points set), and for dilated, grouped or otherwise unusual convolutions, all is XLA's."""
-    plain = (xla_flags.cpu_convolutions_in_ynnpack()
-             and feature_group_count == 1 and preferred_element_type is None
+    plain = (feature_group_count == 1 and preferred_element_type is None
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and not isinstance(padding, str)
              and dimension_numbers in (None, jax.lax.conv_dimension_numbers(
                  lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))))
-    if not plain:
+    if not plain or not xla_flags.cpu_convolutions_in_ynnpack():
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, precision=precision,
