@@ -67,18 +67,20 @@ NUM_CLASSES = 751
 def run_jax(config, steps: int, warmup: int) -> dict:
     import os
 
-    from dualattn import train, xla_flags
+    from dualattn import xla_flags
 
-    xla_flags.prefer_cpu_flags()  # as the trainer does, before the backend starts
+    xla_flags.prefer_cpu_flags()  # as the entry points do, before the backend starts
     import jax
 
     from dualattn.augment import AugmentConfig
+    from dualattn.state import create_train_state
+    from dualattn.train import make_train_step
 
     gpu = jax.devices()[0].platform == "gpu"
     if gpu:
         config.model.dtype = "bfloat16"
-    graphdef, state, schedule = train.create_train_state(config, NUM_CLASSES, 1000)
-    step_fn = train.make_train_step(config, schedule, AugmentConfig(
+    graphdef, state, schedule = create_train_state(config, NUM_CLASSES, 1000)
+    step_fn = make_train_step(config, schedule, AugmentConfig(
         flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0))
     images, labels = batch(config)
     images, labels = jax.device_put(images), jax.device_put(labels)

@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bnneck = True
     c.model.test_feature = "after"
     c.model.dtype = "float32"  # "bfloat16" for mixed precision on GPUs and TPUs
+    # 1x1 convolutions as matmuls with XLA:CPU-friendly gradients (dualattn.cpu_schedule):
+    # "auto" = on when JAX runs on the CPU, or "on" / "off"; same values, faster there.
+    # "off" for forward-mode differentiation (jax.jvp) through the network.
+    c.model.cpu_schedule = "auto"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.1

@@ -18,13 +18,22 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from dualattn.errors import UserError
 
-class CheckpointMismatchError(ValueError):
+# The saved state is nnx.state((model, optimizer)): the model's variables under this key.
+MODEL_KEY = 0
+
+
+class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint does not fit the model being built (another config wrote it)."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (disk full, folder gone...); older ones are intact."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """The workdir holds no checkpoint of the kind asked for."""
 
 
 def _os_reason(error: BaseException) -> str:
@@ -61,15 +70,24 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def _manager(self, which: str) -> ocp.CheckpointManager:
+        if which not in ("best", "latest"):
+            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+        return self.best if which == "best" else self.latest
+
     def stored_num_classes(self, which: str = "best") -> int | None:
-        """Classifier size in the newest ``which`` checkpoint ("best" or "latest"), read from
-        its metadata; None when there is none. The state is ``(model, optimizer)``."""
-        manager = self.best if which == "best" else self.latest
+        """Classifier size of the newest ``which`` checkpoint ("best" or "latest"): its
+        ``num_classes`` metadata, or for checkpoints written before that was stored, the
+        classifier kernel's shape. None when there is no such checkpoint."""
+        manager = self._manager(which)
         step = manager.latest_step()
         if step is None:
             return None
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if "num_classes" in meta:
+            return int(meta["num_classes"])
         tree = manager.item_metadata(step)["state"]
-        return int(tree["0"]["classifier"]["kernel"]["value"].shape[-1])
+        return int(tree[str(MODEL_KEY)]["classifier"]["kernel"]["value"].shape[-1])
 
     @staticmethod
     def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:
@@ -102,21 +120,53 @@ class Checkpointer:
             self.latest.wait_until_finished()
             self.best.save(step, args=self._args(state, {"step": step, **metrics}))
 
-    def _restore(self, manager: ocp.CheckpointManager, target, missing: str):
+    @staticmethod
+    def _step(manager: ocp.CheckpointManager, missing: str) -> int:
         step = manager.latest_step()
         if step is None:
-            raise FileNotFoundError(f"no checkpoint under {manager.directory}: {missing}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+            raise CheckpointNotFoundError(f"no checkpoint under {manager.directory}: {missing}")
+        return step
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _matching(directory: Path, step: int):
+        """Turn orbax's structure and shape errors into one CheckpointMismatchError."""
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            yield
         except (ValueError, KeyError, TypeError) as e:
             detail = " ".join(str(e).split())[:300]  # orbax's message spans many lines
             raise CheckpointMismatchError(
-                f"the checkpoint at {manager.directory}/{step} does not match this model "
+                f"the checkpoint at {directory}/{step} does not match this model "
                 f"configuration ({type(e).__name__}: {detail}); use the config that wrote it, or "
                 "a new --workdir to start afresh") from e
+
+    def _restore(self, manager: ocp.CheckpointManager, target, missing: str):
+        step = self._step(manager, missing)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        with self._matching(manager.directory, step):
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
+
+    def restore_model(self, which: str, target) -> tuple[Any, dict]:
+        """The model's variables alone from the newest ``which`` checkpoint, shaped and
+        sharded like ``target`` (a model state, arrays or ShapeDtypeStructs); the optimizer's
+        moments are not read. Returns ``(model state, metadata)``."""
+        manager = self._manager(which)
+        step = self._step(manager, "the run has not saved yet" if which == "latest"
+                          else "the run has not evaluated yet")
+        reader = ocp.CheckpointManager(
+            manager.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+        abstract = {MODEL_KEY: jax.tree.map(ocp.utils.to_shape_dtype_struct, target)}
+        with self._matching(manager.directory, step):
+            restored = reader.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                    partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+        return restored.state[MODEL_KEY], restored.meta
 
     def restore_latest(self, target) -> tuple[Any, dict]:
         return self._restore(self.latest, target, "the run has not saved yet")

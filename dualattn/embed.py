@@ -14,22 +14,24 @@ checkpoint unless ``--checkpoint=latest``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from data_pipeline.datasets.layouts import listing, unreadable_images
-from dualattn import checkpoint, evaluate, train
+from dualattn import cli
+from dualattn.errors import UserError
+from dualattn.evaluation import extract_features, make_eval_fn
+from dualattn.mesh import data_parallel_shardings
 from dualattn.metrics import compute_distance_matrix
+from dualattn.state import InferenceModel, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class EmbedError(ValueError):
+class EmbedError(UserError, ValueError):
     """The images or the run cannot be used; the message says which and why."""
 
 
@@ -60,13 +62,11 @@ class ImageFiles:
         return {"image": self.paths[i].read_bytes(), "pid": -1, "camid": -1}
 
 
-def embed(config, model, paths: list[Path]) -> np.ndarray:
-    """Test features (N x D float32) of the images at ``paths``, in order; ``model`` is
-    ``evaluate.load_model``'s ``(step, graphdef, state)``."""
-    _, graphdef, state = model
-    batch_sharding, _ = train.data_parallel_shardings()
-    return train.extract_features(train.make_eval_fn(config), graphdef, state,
-                                  ImageFiles(paths), config, batch_sharding)
+def embed(config, model: InferenceModel, paths: list[Path]) -> np.ndarray:
+    """Test features (N x D float32) of the images at ``paths``, in order."""
+    batch_sharding, _ = data_parallel_shardings()
+    return extract_features(make_eval_fn(config), model.graphdef, model.state,
+                            ImageFiles(paths), config, batch_sharding)
 
 
 def nearest(config, query: np.ndarray, gallery: np.ndarray, top: int) -> tuple[np.ndarray,
@@ -81,9 +81,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "The run's configuration file.",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "The run's directory (holding checkpoints/).")
+    cli.define_config_flag()
+    cli.define_workdir_flag()
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
     flags.DEFINE_string("images", None, "Folder of images to embed (with --out).")
     flags.DEFINE_string("out", None, "The .npz file to write (features, paths).")
@@ -93,37 +92,40 @@ def define_flags() -> None:
 
 
 def main(argv):
-    train.check_command_line(argv)
+    cli.require("config", "workdir")
     search = FLAGS.query is not None or FLAGS.gallery is not None
-    if search == (FLAGS.images is not None or FLAGS.out is not None):
+    files = FLAGS.images is not None or FLAGS.out is not None
+    if search == files or (search and None in (FLAGS.query, FLAGS.gallery)) or (
+            files and None in (FLAGS.images, FLAGS.out)):
         raise app.UsageError("give either --images DIR --out FILE, or --query IMG --gallery DIR")
-    try:
-        model = evaluate.load_model(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-        if search:
-            query = Path(FLAGS.query)
-            if query.suffix.lower() not in IMAGE_SUFFIXES or not query.is_file():
-                raise EmbedError(f"--query {query} is not an image file")
-            gallery = list_images(Path(FLAGS.gallery))
-            idx, dist = nearest(FLAGS.config, embed(FLAGS.config, model, [query]),
-                                embed(FLAGS.config, model, gallery), FLAGS.top)
-            print(f"the {len(idx[0])} gallery images closest to {query} "
-                  f"({FLAGS.config.eval.metric} distance):")
-            for rank, (i, d) in enumerate(zip(idx[0], dist[0]), 1):
-                print(f"{rank:>4}  {d:10.4f}  {gallery[i]}")
-            return
-        folder, out = Path(FLAGS.images), Path(FLAGS.out)
-        paths = list_images(folder)
-        feats = embed(FLAGS.config, model, paths)  # every process holds all of them
-        if jax.process_index() == 0:
-            tmp = out.with_name(out.name + ".tmp.npz")
-            np.savez(tmp, features=feats.astype(np.float32),
-                     paths=np.array([str(p.relative_to(folder)) for p in paths]))
-            tmp.replace(out)
-            print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
-    except (EmbedError, FileNotFoundError, checkpoint.CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    config = FLAGS.config
+    if search:  # the inputs are checked before the model is loaded
+        query = Path(FLAGS.query)
+        if query.suffix.lower() not in IMAGE_SUFFIXES or not query.is_file():
+            raise EmbedError(f"--query {query} is not an image file")
+        gallery = list_images(Path(FLAGS.gallery))
+        model = load_model(config, FLAGS.workdir, FLAGS.checkpoint)
+        idx, dist = nearest(config, embed(config, model, [query]),
+                            embed(config, model, gallery), FLAGS.top)
+        print(f"the {len(idx[0])} gallery images closest to {query} "
+              f"({config.eval.metric} distance):")
+        for rank, (i, d) in enumerate(zip(idx[0], dist[0]), 1):
+            print(f"{rank:>4}  {d:10.4f}  {gallery[i]}")
+        return
+    folder, out = Path(FLAGS.images), Path(FLAGS.out)
+    if not out.parent.is_dir():
+        raise EmbedError(f"--out {out}: folder {out.parent} does not exist")
+    paths = list_images(folder)
+    model = load_model(config, FLAGS.workdir, FLAGS.checkpoint)
+    feats = embed(config, model, paths)  # every process holds all of them
+    if jax.process_index() == 0:
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez(tmp, features=feats.astype(np.float32),
+                 paths=np.array([str(p.relative_to(folder)) for p in paths]))
+        tmp.replace(out)
+        print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=train.parse_flags)
+    cli.run(main)

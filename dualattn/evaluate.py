@@ -16,61 +16,53 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 from PIL import Image
 
 from data_pipeline.input_pipeline import decode_resize
-from dualattn import checkpoint, train
+from dualattn import cli
 from dualattn.augment import normalize
+from dualattn.data import Data, load_data
+from dualattn.evaluation import (distance_matrix, make_eval_fn, query_gallery_features,
+                                 score_features)
+from dualattn.mesh import data_parallel_shardings
+from dualattn.state import load_model, untrained_model
 from dualattn.visualize import attention_figure, ranked_list_figure
-
-def load_model(config, workdir: str | Path, which: str = "best"):
-    """``(step, graphdef, state)`` of a run's ``which`` checkpoint, replicated over the
-    devices. The classifier size is read from the checkpoint, so a model trained on another
-    dataset (or converted from PyTorch) loads too; the classifier plays no part in testing."""
-    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
-    num_classes = ckpt.stored_num_classes(which)
-    if num_classes is None:  # let the restore below say what is missing
-        num_classes = 1
-    graphdef, state, _ = train.create_train_state(config, num_classes, 1, load_pretrained=False)
-    restore = ckpt.restore_best if which == "best" else ckpt.restore_latest
-    state, meta = restore(state)
-    _, replicated = train.data_parallel_shardings()
-    return meta["step"], graphdef, jax.device_put(state, replicated)
 
 
 class Run(NamedTuple):
-    """A run's state loaded for testing, with its dataset."""
+    """A run's model loaded for testing, with its dataset."""
     step: int
     graphdef: Any
     state: Any
-    data: train.Data
+    data: Data
     batch_sharding: Any
 
 
 def load_run(config, workdir: str | Path, which: str = "best") -> Run:
-    data = train.load_data(config)
-    batch_sharding, replicated = train.data_parallel_shardings()
-    if which == "untrained":
-        graphdef, state, _ = train.create_train_state(config, data.num_classes,
-                                                       data.sampler.steps_per_epoch)
-        return Run(0, graphdef, jax.device_put(state, replicated), data, batch_sharding)
-    return Run(*load_model(config, workdir, which), data, batch_sharding)
+    """The ``which`` checkpoint's model ("best", "latest", or "untrained": the network as
+    training starts it) and the config's dataset. The checkpoint is found before the
+    dataset is prepared, so a workdir without one fails at once."""
+    model = None if which == "untrained" else load_model(config, workdir, which)
+    data = load_data(config)
+    if model is None:
+        model = untrained_model(config, data.num_classes)
+    batch_sharding, _ = data_parallel_shardings()
+    return Run(*model, data, batch_sharding)
 
 
 def run_features(config, run: Run, feature: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Query and gallery test features with the config's options (``feature`` overrides
     ``model.test_feature``)."""
-    return train.query_gallery_features(train.make_eval_fn(config, feature), run.graphdef,
-                                        run.state, run.data, config, run.batch_sharding)
+    return query_gallery_features(make_eval_fn(config, feature), run.graphdef, run.state,
+                                  run.data, config, run.batch_sharding)
 
 
 def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:
     """(training step of the scored state, metrics as fractions) with the config's options."""
     run = load_run(config, workdir, which)
-    return run.step, train.score_features(*run_features(config, run), run.data, config)
+    return run.step, score_features(*run_features(config, run), run.data, config)
 
 
 def evaluate_variants(config, run: Run) -> list[tuple[str, dict]]:
@@ -83,7 +75,7 @@ def evaluate_variants(config, run: Run) -> list[tuple[str, dict]]:
         q, g = run_features(config, run, feature)
         for rerank in (False, True):
             name = f"{feature}{' +flip' if flip else ''}{' +rerank' if rerank else ''}"
-            rows.append((name, train.score_features(q, g, run.data, config, rerank=rerank)))
+            rows.append((name, score_features(q, g, run.data, config, rerank=rerank)))
     return rows
 
 
@@ -108,7 +100,7 @@ def ranked_list_png(config, run: Run, n: int, out: Path, top: int = 10,
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     size = _thumbnail_size(config)
     picked = _spread(n, len(q))
-    dist = train.distance_matrix(q, g, config)[picked]  # re-ranking uses every query
+    dist = distance_matrix(q, g, config)[picked]  # re-ranking uses every query
     queries, ranked, correct = [], [], []
     for row, i in enumerate(picked):
         order = np.argsort(dist[row], kind="stable")
@@ -125,7 +117,7 @@ def attention_png(config, run: Run, n: int, out: Path) -> Path:
     """Heatmaps of the attention each position of the feature map receives (the mean over
     query positions of softmax(QK^T / sqrt(d))) over ``n`` query images."""
     graphdef, data = run.graphdef, run.data
-    model, _ = nnx.merge(graphdef, run.state)
+    model = nnx.merge(graphdef, run.state)
     if model.attention is None:
         raise ValueError("this model has no self-attention module (model.use_sa=False)")
     size = (config.input.height, config.input.width)
@@ -134,7 +126,7 @@ def attention_png(config, run: Run, n: int, out: Path) -> Path:
 
     @jax.jit
     def received(state, images):
-        model, _ = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef, state)
         fmap = model.backbone(normalize(images), train=False)
         attn = model.attention.attention_map(fmap, train=False)
         return attn.mean(axis=1).reshape(fmap.shape[:3])
@@ -163,9 +155,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defined by the entry point only, so that importing this module defines no flags."""
-    config_flags.DEFINE_config_file("config", None, "The run's configuration file.",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "The run's directory (holding checkpoints/).")
+    cli.define_config_flag()
+    cli.define_workdir_flag()
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest", "untrained"],
                       "Which state to score.")
     flags.DEFINE_bool("variants", False, "Score feature (after/before BNNeck) x flip x "
@@ -178,14 +169,14 @@ def define_flags() -> None:
 
 
 def main(argv):
-    train.check_command_line(argv)
+    cli.require("config", "workdir")
     config, which = FLAGS.config, FLAGS.checkpoint
     run, features = load_run(config, FLAGS.workdir, which), None
     if FLAGS.variants:
         rows = [(f"{which}: {name}", run.step, m) for name, m in evaluate_variants(config, run)]
     else:
         features = run_features(config, run)
-        rows = [(which, run.step, train.score_features(*features, run.data, config))]
+        rows = [(which, run.step, score_features(*features, run.data, config))]
     print(format_table(rows))
     figures = Path(FLAGS.figures_dir or FLAGS.workdir)
     if FLAGS.visualize:
@@ -197,4 +188,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=train.parse_flags)
+    cli.run(main)

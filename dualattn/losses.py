@@ -96,3 +96,12 @@ def reid_loss(logits: jax.Array, features: jax.Array, labels: jax.Array, *,
     ce = cross_entropy_label_smooth(logits, labels, label_smoothing) if ce_weight else zero
     tri = triplet_hard(features, labels, margin) if triplet_weight else zero
     return LossParts(total=ce_weight * ce + triplet_weight * tri, cross_entropy=ce, triplet=tri)
+
+
+def objective(logits: jax.Array, features: jax.Array, labels: jax.Array,
+              loss_config) -> LossParts:
+    """``reid_loss`` with the weights, smoothing and margin of a config's ``loss`` section: the
+    one objective the trainer, the numerics comparison and the benchmarks optimise."""
+    return reid_loss(logits, features, labels, label_smoothing=loss_config.label_smoothing,
+                     margin=loss_config.margin, ce_weight=loss_config.ce_weight,
+                     triplet_weight=loss_config.triplet_weight)

@@ -1,12 +1,6 @@
 """ImageNet weights for the backbone from the files users have: torchvision/timm ``.pth`` or
-``.safetensors``, read without torch and without executing pickled code.
-
-- ``.safetensors``: an 8-byte header length, a JSON header, raw little-endian tensors.
-- ``.pth`` / ``.pt`` / ``.bin`` (torch's zip format): ``data.pkl`` is unpickled with a
-  whitelist of exactly the constructors a tensor state dict needs (``OrderedDict``, torch's
-  ``_rebuild_tensor_v2`` / ``_rebuild_parameter`` and the typed storages); anything else, e.g. a
-  pickle that would call ``os.system``, is refused. Tensors are rebuilt from the archive's raw
-  storage files as NumPy arrays.
+``.safetensors`` (read by ``dualattn.interop.files``, without torch and without executing
+pickled code).
 
 torchvision's ResNet-50 names (which timm's resnet50 shares) map onto our backbone; SE blocks
 load too when the file has them under timm's ``layerX.Y.se.fc1/fc2`` (``seresnet50``) or
@@ -21,168 +15,13 @@ initialisation for fine-tuning rather than the same network; the loader says so.
 
 from __future__ import annotations
 
-import json
-import pickle
-import struct
-import zipfile
 from pathlib import Path
 
-import ml_dtypes
-import numpy as np
 from flax import nnx
 
-from dualattn.interop.convert import assign, match_state_dict
+from dualattn.interop.files import WeightsFileError, read_state_dict
 from dualattn.interop.names import canonical_names
-
-
-class PretrainedWeightsError(ValueError):
-    """The weights file cannot be used; the message says why and what to do."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-_STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    raw = path.read_bytes()
-    try:
-        (header_len,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + header_len])
-    except (struct.error, ValueError) as e:
-        raise PretrainedWeightsError(f"{path} is not a valid .safetensors file ({e})") from e
-    body = memoryview(raw)[8 + header_len:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise PretrainedWeightsError(f"{path}: tensor {name} has unsupported dtype "
-                                         f"{info['dtype']}")
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = arr.reshape(info["shape"]).copy()
-    return out
-
-
-def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as a .safetensors file (atomically: a temporary file, then a rename)."""
-    codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
-    header, offset, blobs = {}, 0, []
-    for name, value in arrays.items():
-        value = np.asarray(value)  # not ascontiguousarray: it turns scalars into shape (1,)
-        blob = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        header[name] = {"dtype": codes[value.dtype], "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format aligns the body to 8 bytes
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for blob in blobs:
-            f.write(blob)
-    tmp.replace(path)
-
-
-def _rebuild_tensor(storage: np.ndarray, offset, size, stride, *_args):
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
-    return np.array(view)  # contiguous copy
-
-
-def _rebuild_parameter(data, *_args):
-    return data
-
-
-class _StateDictUnpickler(pickle.Unpickler):
-    """Unpickles tensor state dicts only; every other global is refused."""
-
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: Path):
-        super().__init__(file)
-        self.archive, self.prefix, self.path = archive, prefix, path
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("collections", "OrderedDict"):
-            import collections
-            return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if (module, name) == ("torch._utils", "_rebuild_parameter"):
-            return _rebuild_parameter
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return name
-        raise PretrainedWeightsError(
-            f"{self.path} asks to run {module}.{name} when loaded; only tensor state dicts are "
-            "read. Re-save the weights alone (torch.save(model.state_dict(), ...)) or as "
-            ".safetensors")
-
-    def persistent_load(self, pid):
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage" or storage_type not in _STORAGE_DTYPES:
-            raise PretrainedWeightsError(f"{self.path}: unsupported storage {pid[:2]}")
-        data = self.archive.read(f"{self.prefix}data/{key}")
-        return np.frombuffer(data, dtype=_STORAGE_DTYPES[storage_type])
-
-
-def read_torch_zip(path: Path) -> dict:
-    if not zipfile.is_zipfile(path):
-        raise PretrainedWeightsError(
-            f"{path} is not in torch's zip format (a legacy torch file, or not a torch file); "
-            "re-save it with a current torch.save, or convert it to .safetensors")
-    with zipfile.ZipFile(path) as archive:
-        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pkl) != 1:
-            raise PretrainedWeightsError(f"{path}: expected one data.pkl in the archive")
-        prefix = pkl[0][:-len("data.pkl")]
-        if archive.read(f"{prefix}byteorder").decode().strip() != "little" \
-                if f"{prefix}byteorder" in archive.namelist() else False:
-            raise PretrainedWeightsError(f"{path} was saved on a big-endian machine")
-        with archive.open(pkl[0]) as f:
-            try:
-                return _StateDictUnpickler(f, archive, prefix, path).load()
-            except PretrainedWeightsError:
-                raise
-            except Exception as e:  # noqa: BLE001 - corrupt archives fail in many ways
-                raise PretrainedWeightsError(f"{path} could not be read ({type(e).__name__}: "
-                                             f"{e})") from e
-
-
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A flat ``name -> array`` dict from a weights file; unwraps ``{"state_dict": ...}`` /
-    ``{"model": ...}`` training checkpoints and DataParallel's ``module.`` prefix."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PretrainedWeightsError(f"pretrained weights file {path} does not exist")
-    state = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_zip(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise PretrainedWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    arrays = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, np.ndarray)}
-    if not arrays:
-        raise PretrainedWeightsError(f"{path} contains no tensors")
-    return arrays
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading into the backbone (names and layouts: dualattn.interop.names)
+from dualattn.interop.state_dict import assign, match_state_dict
 
 
 def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]:
@@ -206,7 +45,7 @@ def load_backbone_weights(model: nnx.Module, path: str | Path) -> dict[str, int]
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise PretrainedWeightsError(
+        raise WeightsFileError(
             f"{path} does not fit this backbone ({len(problems)} problem(s)); it must be a "
             f"torchvision/timm ResNet with model.stage_sizes and model.width matching the file "
             f"(ResNet-50: (3, 4, 6, 3) and 64):\n  {shown}{more}")

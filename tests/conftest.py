@@ -1,13 +1,25 @@
-"""Shared test settings: a tiny network that compiles in seconds on two CPU cores."""
+"""Shared test settings: the commands' XLA flags, a compilation cache shared with the
+subprocesses the tests start, and a small generated dataset."""
 
-import jax
-import pytest
+import os
+import tempfile
+
+from dualattn import xla_flags
+
+# The same XLA flags as every entry point, set before JAX starts its backend: the tests run
+# the graphs the commands run. Subprocesses inherit them (and the cache below) through the
+# environment.
+xla_flags.prefer_cpu_flags()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "dualattn-test-jax-cache"))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import TINY_MODEL  # noqa: E402
 
 # Parity-style checks compare against NumPy/PyTorch in f32; keep XLA's matmuls exact.
 jax.config.update("jax_default_matmul_precision", "highest")
-
-# One block per stage, 8 base channels: same code paths as ResNet-50, 256 output channels.
-TINY_MODEL = dict(stage_sizes=(1, 1, 1, 1), width=8)
 
 
 @pytest.fixture

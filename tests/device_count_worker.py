@@ -14,19 +14,25 @@ import numpy as np
 
 from configs import tiny
 from data_pipeline.input_pipeline import train_dataset
-from dualattn import train
+from dualattn import xla_flags
+from dualattn.cli import initialize_distributed
+from dualattn.data import load_data
+from dualattn.mesh import data_parallel_shardings
+from dualattn.state import create_train_state
+from dualattn.train import make_train_step
 
 
 def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
-    train.initialize_distributed()
+    xla_flags.prefer_cpu_flags()  # as the commands do
+    initialize_distributed()
     c = tiny.get_config()
     c.dataset.root, c.dataset.data_dir = root, tfds_dir
-    data = train.load_data(c)
-    batch_sharding, replicated = train.data_parallel_shardings()
-    graphdef, state, schedule = train.create_train_state(c, data.num_classes,
-                                                         data.sampler.steps_per_epoch)
+    data = load_data(c)
+    batch_sharding, replicated = data_parallel_shardings()
+    graphdef, state, schedule = create_train_state(c, data.num_classes,
+                                                   data.sampler.steps_per_epoch)
     state = jax.device_put(state, replicated)
-    step_fn = train.make_train_step(c, schedule)
+    step_fn = make_train_step(c, schedule)
     batches = train_dataset(data.sources["train"], data.sampler, image_size=(64, 32),
                             start_step=0, num_steps=steps, process_index=jax.process_index(),
                             process_count=jax.process_count())

@@ -16,7 +16,7 @@ def images(b=8, h=32, w=16, seed=0):
     return jax.random.randint(jax.random.key(seed), (b, h, w, 3), 1, 256).astype(jnp.uint8)
 
 
-def test_everything_off_is_normalisation_and_eval_path_is_deterministic():
+def test_everything_off_is_normalisation():
     x = images()
     out = augment(jax.random.key(1), x, OFF)
     np.testing.assert_allclose(out, normalize(x), rtol=1e-6)
@@ -24,7 +24,6 @@ def test_everything_off_is_normalisation_and_eval_path_is_deterministic():
         [0.229, 0.224, 0.225])
     # f32 against f64: values near 0 differ by f32 rounding (~2e-7) only.
     np.testing.assert_allclose(normalize(x), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(normalize(x), normalize(x))
 
 
 def test_flip_gives_the_image_or_its_mirror_and_both_occur():
@@ -34,7 +33,6 @@ def test_flip_gives_the_image_or_its_mirror_and_both_occur():
     same = [np.array_equal(o, r) for o, r in zip(out, ref)]
     flipped = [np.array_equal(o, m) for o, m in zip(out, mirror)]
     assert all(s or f for s, f in zip(same, flipped)) and any(same) and any(flipped)
-    np.testing.assert_array_equal(mirror[:, :, ::-1], ref)  # flipping twice is the identity
 
 
 def test_translation_is_an_exact_integer_shift_with_zero_fill():

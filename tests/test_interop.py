@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from dualattn.interop.compare import exercise_all_paths
-from dualattn.interop.convert import ConversionError, flax_to_torch, torch_to_flax
+from dualattn.interop.state_dict import ConversionError, flax_to_torch, torch_to_flax
 from dualattn.models import ReIDNet
+from dualattn.state import create_model
 
 torch = pytest.importorskip("torch")
 from dualattn.interop.compare import compare_networks  # noqa: E402
@@ -107,8 +108,8 @@ def test_full_network_at_384x128_matches():
     from dualattn.interop.compare import pk_batch
 
     config = market.get_config()
-    model_cfg = {k: v for k, v in config.model.to_dict().items() if k != "dtype"}
-    model = ReIDNet(751, **model_cfg, rngs=nnx.Rngs(0))
+    model_cfg = config.model.to_dict()
+    model = create_model(config, 751)  # as the trainer builds it
     exercise_all_paths(model)
     twin = compare_twin_of(model, model_cfg, 751).eval()
     images, _ = pk_batch(1, 2, 384, 128)

@@ -9,52 +9,12 @@ import pytest
 from flax import nnx
 
 from dualattn.models import ReIDNet
-from dualattn.pretrained import (PretrainedWeightsError, load_backbone_weights,
-                                 read_state_dict)
+from dualattn.interop.files import WeightsFileError, read_state_dict
+from dualattn.pretrained import load_backbone_weights
+from tests.helpers import torchvision_state_dict
 
 torch = pytest.importorskip("torch")
 TINY = dict(stage_sizes=(1, 1, 1, 1), width=8)
-
-
-def torchvision_state_dict(seed=0, stage_sizes=(1, 1, 1, 1), width=8, with_se=False):
-    """Random tensors under torchvision's ResNet names and torch's layouts (OIHW)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = collections.OrderedDict()
-
-    def bn(prefix, c):
-        sd[f"{prefix}.weight"] = torch.rand(c, generator=g) + 0.5
-        sd[f"{prefix}.bias"] = torch.randn(c, generator=g)
-        sd[f"{prefix}.running_mean"] = torch.randn(c, generator=g)
-        sd[f"{prefix}.running_var"] = torch.rand(c, generator=g) + 0.5
-        sd[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
-
-    sd["conv1.weight"] = torch.randn(width, 3, 7, 7, generator=g)
-    bn("bn1", width)
-    cin = width
-    for i, n in enumerate(stage_sizes):
-        w = width * 2**i
-        for j in range(n):
-            p = f"layer{i + 1}.{j}"
-            sd[f"{p}.conv1.weight"] = torch.randn(w, cin, 1, 1, generator=g)
-            bn(f"{p}.bn1", w)
-            sd[f"{p}.conv2.weight"] = torch.randn(w, w, 3, 3, generator=g)
-            bn(f"{p}.bn2", w)
-            sd[f"{p}.conv3.weight"] = torch.randn(4 * w, w, 1, 1, generator=g)
-            bn(f"{p}.bn3", 4 * w)
-            if j == 0:
-                sd[f"{p}.downsample.0.weight"] = torch.randn(4 * w, cin, 1, 1, generator=g)
-                bn(f"{p}.downsample.1", 4 * w)
-            if with_se:
-                sd[f"{p}.se.fc1.weight"] = torch.randn(max(1, 4 * w // 16), 4 * w, 1, 1,
-                                                       generator=g)
-                sd[f"{p}.se.fc1.bias"] = torch.randn(max(1, 4 * w // 16), generator=g)
-                sd[f"{p}.se.fc2.weight"] = torch.randn(4 * w, max(1, 4 * w // 16), 1, 1,
-                                                       generator=g)
-                sd[f"{p}.se.fc2.bias"] = torch.randn(4 * w, generator=g)
-            cin = 4 * w
-    sd["fc.weight"] = torch.randn(1000, cin, generator=g)
-    sd["fc.bias"] = torch.randn(1000, generator=g)
-    return sd
 
 
 def test_pth_reader_agrees_with_torch_weights_only_load(tmp_path):
@@ -84,7 +44,7 @@ def test_safetensors_reader(tmp_path):
 def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
     from safetensors.numpy import load_file
 
-    from dualattn.pretrained import write_safetensors
+    from dualattn.interop.files import write_safetensors
     arrays = {"scalar": np.float32(0.5) * np.ones((), np.float32),
               "w": np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1),
               "i": np.arange(3, dtype=np.int64)}
@@ -105,16 +65,16 @@ def test_pickled_code_is_never_executed(tmp_path):
 
     with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
         z.writestr("evil/data.pkl", pickle.dumps({"conv1.weight": Exploit()}))
-    with pytest.raises(PretrainedWeightsError, match=r"asks to run (posix|os)\.system"):
+    with pytest.raises(WeightsFileError, match=r"asks to run (posix|os)\.system"):
         read_state_dict(tmp_path / "evil.pth")
     assert not marker.exists()
 
 
 def test_not_a_zip_or_missing(tmp_path):
     (tmp_path / "old.pth").write_bytes(b"\x80\x02legacy torch format")
-    with pytest.raises(PretrainedWeightsError, match="zip format"):
+    with pytest.raises(WeightsFileError, match="zip format"):
         read_state_dict(tmp_path / "old.pth")
-    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+    with pytest.raises(WeightsFileError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pth")
 
 
@@ -169,7 +129,7 @@ def test_weights_for_another_architecture_list_every_problem(tmp_path):
     torch.save(sd, tmp_path / "other.pth")
     model = ReIDNet(5, **TINY, rngs=nnx.Rngs(0))
     before = np.asarray(model.backbone.conv1.kernel[...])
-    with pytest.raises(PretrainedWeightsError) as err:
+    with pytest.raises(WeightsFileError) as err:
         load_backbone_weights(model, tmp_path / "other.pth")
     message = str(err.value)
     assert "missing from the file: layer4.0.conv3.kernel" in message
@@ -180,7 +140,7 @@ def test_weights_for_another_architecture_list_every_problem(tmp_path):
 
 def test_torchvision_checkpoint_loads_into_the_twin_as_into_ours(tmp_path):
     """The same torchvision-layout file initialises both frameworks' backbones identically."""
-    from dualattn.interop.convert import flax_to_torch
+    from dualattn.interop.state_dict import flax_to_torch
     from dualattn.interop.torch_model import TorchReIDNet
 
     sd = torchvision_state_dict()

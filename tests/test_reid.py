@@ -8,7 +8,7 @@ from flax import nnx
 from dualattn.losses import reid_loss
 from dualattn.models import ReIDNet, ReIDOutput, count_params
 from dualattn.models.attention import reduced_channels
-from tests.test_resnet import se_params
+from tests.helpers import se_params
 
 NUM_CLASSES = 5
 

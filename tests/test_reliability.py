@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dualattn import checkpoint, train
+from dualattn import checkpoint
+from dualattn.data import load_data
+from dualattn.state import create_train_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:Market-1501 counts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +31,7 @@ def data_paths(tmp_path_factory):
     """The tiny dataset, generated and prepared once so that runs only read it."""
     root = tmp_path_factory.mktemp("data")
     paths = root / "raw", root / "tfds"
-    train.load_data(config_for(paths))
+    load_data(config_for(paths))
     return paths
 
 
@@ -77,8 +79,8 @@ def wait_for(predicate, proc, timeout=240):
 
 def latest_state(data_paths, workdir):
     c = config_for(data_paths)
-    data = train.load_data(c)
-    _, target, _ = train.create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
+    data = load_data(c)
+    _, target, _ = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
     state, meta = checkpoint.Checkpointer(workdir / "checkpoints").restore_latest(target)
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}, meta

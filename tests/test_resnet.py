@@ -4,20 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dualattn.models import ResNet, count_params, layers
-from dualattn.models.attention import reduced_channels
+from dualattn.models import ResNet, count_params
+from tests.helpers import se_params
 
 TORCHVISION_RESNET50_WITHOUT_FC = 23_508_032  # 25,557,032 minus fc (2048*1000 + 1000)
-
-
-def se_params(stage_sizes, width, reduction=16):
-    """Parameters SE adds: two biased FCs per bottleneck, C -> C/r -> C."""
-    total = 0
-    for i, n in enumerate(stage_sizes):
-        c = width * 2**i * 4
-        r = reduced_channels(c, reduction)
-        total += n * (c * r + r + r * c + c)
-    return total
 
 
 def test_plain_resnet50_has_torchvision_parameter_count():
@@ -77,40 +67,3 @@ def test_train_mode_updates_running_statistics_and_eval_mode_does_not():
 def test_invalid_architecture_is_rejected(bad):
     with pytest.raises(ValueError):
         ResNet(**{"stage_sizes": (1, 1, 1, 1), "width": 8, **bad}, rngs=nnx.Rngs(0))
-
-
-@pytest.mark.parametrize("kernel,stride,channels", [
-    (1, 1, 8), (1, 2, 8), (1, 1, 40),        # 1x1 as matmuls; narrowing and widening
-    (3, 1, 16), (3, 2, 16), (7, 2, 3), (5, 2, 1),                   # im2col kernel gradient
-    (3, 1, layers.TAP_MATMUL_MIN_CHANNELS), (3, 2, layers.TAP_MATMUL_MIN_CHANNELS),  # per tap
-])
-@pytest.mark.parametrize("im2col_chunk_bytes", [layers.IM2COL_CHUNK_BYTES, 1])
-def test_conv_schedules_compute_what_lax_conv_computes(kernel, stride, channels,
-                                                       im2col_chunk_bytes, monkeypatch):
-    """Our convolutions differ from ``nnx.Conv`` only in how XLA:CPU schedules them: output,
-    input gradient and kernel gradient agree to float rounding (the im2col gradient also when
-    built one image at a time)."""
-    if im2col_chunk_bytes == 1 and (kernel == 1 or channels >= layers.TAP_MATMUL_MIN_CHANNELS):
-        pytest.skip("chunking only concerns the im2col kernel gradient")
-    monkeypatch.setattr(layers, "IM2COL_CHUNK_BYTES", im2col_chunk_bytes)
-    monkeypatch.setenv("XLA_FLAGS", "")  # XLA's default: convolutions in YNNPACK, ours apply
-    out = 24
-    ours = layers.conv(channels, out, kernel, stride, kernel // 2, dtype=jnp.float32,
-                       param_dtype=jnp.float32, rngs=nnx.Rngs(0))
-    plain = nnx.Conv(channels, out, (kernel, kernel), strides=(stride, stride),
-                     padding=((kernel // 2,) * 2,) * 2, use_bias=False, rngs=nnx.Rngs(1))
-    plain.kernel[...] = ours.kernel[...]
-    x = jax.random.normal(jax.random.key(2), (3, 9, 8, channels))
-
-    def loss(conv, x):
-        y = conv(x)
-        return jnp.sum(y * jnp.sin(y))
-
-    (g_ours, dx_ours), (g_plain, dx_plain) = (
-        nnx.grad(loss, argnums=(0, 1))(m, x) for m in (ours, plain))
-    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx_ours, dx_plain, rtol=1e-5, atol=1e-5)
-    kernel_ours, kernel_plain = g_ours.kernel[...], g_plain.kernel[...]
-    assert kernel_ours.shape == kernel_plain.shape
-    np.testing.assert_allclose(kernel_ours, kernel_plain, rtol=1e-5,
-                               atol=1e-5 * float(jnp.abs(kernel_plain).max()))

@@ -42,19 +42,24 @@ PyTorch ReID checkpoint in the twin's names) or a torchvision/timm backbone.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+import torch
+from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from dualattn.interop.convert import flax_to_torch, state_to_torch, torch_to_flax
-from dualattn.losses import reid_loss
+from dualattn import cli
+from dualattn.interop.files import read_state_dict
+from dualattn.interop.state_dict import flax_to_torch, state_to_torch, torch_to_flax
+from dualattn.interop.torch_model import TorchReIDNet
+from dualattn.losses import objective
 from dualattn.models import ReIDNet
+from dualattn.optim import create_optimizer
+from dualattn.pretrained import load_backbone_weights
+from dualattn.state import create_model
 
 ZERO_GRADIENT = ("attention.key_bn.bias", "attention.value_bn.bias")
 
@@ -86,10 +91,6 @@ def exercise_all_paths(model: ReIDNet, seed: int = 0, only_zero_alpha: bool = Fa
 
 def twin_of(model: ReIDNet, model_config: dict, num_classes: int, device: str = "cpu"):
     """The PyTorch twin carrying exactly ``model``'s weights."""
-    import torch
-
-    from dualattn.interop.torch_model import TorchReIDNet
-
     twin = TorchReIDNet(num_classes, **model_config)
     twin.load_state_dict({k: torch.from_numpy(np.array(v))
                           for k, v in flax_to_torch(model).items()}, strict=True)
@@ -109,8 +110,6 @@ def pk_batch(p: int, k: int, height: int, width: int, seed: int = 0):
 
 def torch_triplet_hard(feats, labels, margin: float = 0.3):
     """Batch-hard triplet: masked max / min of Euclidean distances, hinge at ``margin``."""
-    import torch
-
     sq = (feats ** 2).sum(1)
     dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
     same = labels[:, None] == labels[None, :]
@@ -121,8 +120,6 @@ def torch_triplet_hard(feats, labels, margin: float = 0.3):
 
 def torch_reid_loss(feats, logits, labels, loss_config):
     """``(total, cross_entropy, triplet)`` with the weights of ``config.loss``."""
-    import torch
-
     ce = torch.nn.functional.cross_entropy(logits, labels,
                                            label_smoothing=loss_config.label_smoothing)
     tri = torch_triplet_hard(feats, labels, loss_config.margin)
@@ -191,10 +188,6 @@ def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: n
                      steps: int = 3, lr: float | None = None) -> Report:
     """Run both networks on ``images`` and report every difference. ``model`` and ``twin`` must
     carry the same weights; both are trained for ``steps`` steps in place."""
-    import torch
-
-    from dualattn.train import create_optimizer
-
     device = next(twin.parameters()).device
     lr = config.optim.lr if lr is None else lr
     loss_cfg = config.loss
@@ -216,10 +209,7 @@ def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: n
     def jax_step(model, optimizer, x, y):
         def loss_fn(model):
             out = model(x, train=True)
-            parts = reid_loss(out.logits, out.features, y,
-                              label_smoothing=loss_cfg.label_smoothing, margin=loss_cfg.margin,
-                              ce_weight=loss_cfg.ce_weight,
-                              triplet_weight=loss_cfg.triplet_weight)
+            parts = objective(out.logits, out.features, y, loss_cfg)
             return parts.total, (parts, out)
         (_, (parts, out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
@@ -323,8 +313,6 @@ def _bn_rows(before: dict, after: dict, twin, per_channel: dict, explained: list
 
 def set_true_f32() -> None:
     """TF32 off in torch, HIGHEST precision for XLA's matmuls and convolutions."""
-    import torch
-
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -333,10 +321,10 @@ def set_true_f32() -> None:
 
 def build_pair(config, num_classes: int, weights: str = "", device: str = "cpu"):
     """``(model, twin, description)`` on the same weights, from ``weights`` or initialisation."""
-    from dualattn.pretrained import load_backbone_weights, read_state_dict
-
-    model_cfg = {k: v for k, v in config.model.to_dict().items() if k != "dtype"}
-    model = ReIDNet(num_classes, **model_cfg, rngs=nnx.Rngs(config.seed))
+    f32 = config.copy_and_resolve_references()
+    f32.model.dtype = "float32"
+    model = create_model(f32, num_classes)  # as the trainer builds it, in f32
+    model_cfg = f32.model.to_dict()
     if not weights:
         exercise_all_paths(model, config.seed)
         how = "initialisation with every path opened (BN statistics, attention gate 0.5)"
@@ -357,8 +345,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", None, "Model, loss and optimizer settings.",
-                                    lock_config=True)
+    cli.define_config_flag("Model, loss and optimizer settings.")
     flags.DEFINE_string("weights", "", "A .pth/.safetensors state dict: the twin's (full model) "
                         "or a torchvision/timm backbone. Default: initialisation.")
     flags.DEFINE_integer("num_classes", None, "Classifier size (default: the weights file's, "
@@ -371,13 +358,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None:
-        raise app.UsageError("--config is required")
-    from dualattn.interop.convert import ConversionError
-    from dualattn.pretrained import PretrainedWeightsError, read_state_dict
-
+    cli.require("config")
     set_true_f32()
     config = FLAGS.config
     num_classes = FLAGS.num_classes
@@ -388,10 +369,7 @@ def main(argv):
             if "classifier.weight" in sd:
                 num_classes = sd["classifier.weight"].shape[0]
     p, k = FLAGS.p or config.input.p, FLAGS.k or config.input.k
-    try:
-        model, twin, how = build_pair(config, num_classes, FLAGS.weights, FLAGS.torch_device)
-    except (ConversionError, PretrainedWeightsError) as e:
-        sys.exit(f"error: {e}")
+    model, twin, how = build_pair(config, num_classes, FLAGS.weights, FLAGS.torch_device)
     images, labels = pk_batch(p, k, config.input.height, config.input.width, config.seed)
     print(f"weights: {how}\nbatch: {p} ids x {k} images at {config.input.height}x"
           f"{config.input.width}; JAX on {jax.devices()[0].platform}, torch on "
@@ -402,7 +380,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from dualattn.train import parse_flags
-
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, distributed=False)

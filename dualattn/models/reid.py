@@ -12,6 +12,8 @@ Outputs:
   it (``"before"``). Without a BNNeck both names mean the pooled feature.
 
 The head (pooling, BNNeck, classifier) always runs in f32, whatever the backbone's dtype.
+``conv_general_dilated`` is passed to every convolution (``nnx.Conv``'s hook; the trainer
+gives ``dualattn.cpu_schedule``'s on the CPU).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class ReIDNet(nnx.Module):
                  width: int = 64, last_stride: int = 1, use_se: bool = True,
                  se_reduction: int = 16, use_sa: bool = True, sa_reduction: int = 8,
                  bnneck: bool = True, test_feature: str = "after", dtype="float32",
-                 param_dtype="float32", rngs: nnx.Rngs):
+                 param_dtype="float32", conv_general_dilated=jax.lax.conv_general_dilated,
+                 rngs: nnx.Rngs):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if test_feature not in TEST_FEATURES:
@@ -56,10 +59,12 @@ class ReIDNet(nnx.Module):
         self.backbone = ResNet(stage_sizes=tuple(stage_sizes), width=width,
                                last_stride=last_stride, use_se=use_se,
                                se_reduction=se_reduction, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
+                               conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.feature_dim = self.backbone.out_channels
         self.attention = (SpatialSelfAttention(self.feature_dim, sa_reduction, dtype=dtype,
-                                               param_dtype=param_dtype, rngs=rngs)
+                                               param_dtype=param_dtype,
+                                               conv_general_dilated=conv_general_dilated,
+                                               rngs=rngs)
                           if use_sa else None)
         # BNNeck: BoT freezes the BN bias at zero, which is the same as having none.
         self.bottleneck = (batch_norm(self.feature_dim, use_bias=False, dtype=jnp.float32,

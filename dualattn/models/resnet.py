@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dualattn.models.attention import SqueezeExcitation
 from dualattn.models import layers
+from dualattn.models.attention import SqueezeExcitation
 from dualattn.models.layers import batch_norm
 
 EXPANSION = 4
@@ -26,12 +26,13 @@ class Bottleneck(nnx.Module):
     """1x1 -> 3x3 (carrying the stride, as in torchvision's v1.5) -> 1x1, then SE, then add."""
 
     def __init__(self, in_channels: int, width: int, stride: int, *, use_se: bool,
-                 se_reduction: int, dtype, param_dtype, rngs: nnx.Rngs):
+                 se_reduction: int, dtype, param_dtype,
+                 conv_general_dilated=jax.lax.conv_general_dilated, rngs: nnx.Rngs):
         out_channels = width * EXPANSION
 
         def conv(cin, cout, k, s=1, pad=0):
             return layers.conv(cin, cout, k, s, pad, dtype=dtype, param_dtype=param_dtype,
-                               rngs=rngs)
+                               conv_general_dilated=conv_general_dilated, rngs=rngs)
 
         def bn(c):
             return batch_norm(c, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -57,9 +58,7 @@ class Bottleneck(nnx.Module):
         shortcut = x
         if self.downsample_conv is not None:
             shortcut = self.downsample_bn(self.downsample_conv(x), use_running_average=ura)
-        # Stored on the CPU (value and gradient): else XLA recomputes the stage's whole residual
-        # stream inside every consumer; a no-op elsewhere (layers.store).
-        return layers.stored_both_ways(jax.nn.relu(y + shortcut))
+        return jax.nn.relu(y + shortcut)
 
 
 class ResNet(nnx.Module):
@@ -68,18 +67,20 @@ class ResNet(nnx.Module):
     ``stage_sizes`` and ``width`` shrink it for tests (ResNet-50 is ``(3, 4, 6, 3)`` and 64);
     ``last_stride=1`` keeps the last stage at 1/16 of the input, as ReID models do, giving a
     24x8 map for a 384x128 image. The output has ``width * 8 * 4`` channels (2048).
+    ``conv_general_dilated`` goes to every convolution (``layers.conv``).
     """
 
     def __init__(self, *, stage_sizes: Sequence[int] = RESNET50_STAGES, width: int = 64,
                  last_stride: int = 1, use_se: bool = True, se_reduction: int = 16,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, param_dtype=jnp.float32,
+                 conv_general_dilated=jax.lax.conv_general_dilated, rngs: nnx.Rngs):
         if len(stage_sizes) != 4 or min(stage_sizes) < 1:
             raise ValueError(f"stage_sizes must be four positive block counts, got {stage_sizes}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         self.dtype = dtype
         self.conv1 = layers.conv(3, width, 7, 2, 3, dtype=dtype, param_dtype=param_dtype,
-                                 rngs=rngs)
+                                 conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.bn1 = batch_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         in_channels = width
         for i, num_blocks in enumerate(stage_sizes):
@@ -89,7 +90,8 @@ class ResNet(nnx.Module):
             for j in range(num_blocks):
                 blocks.append(Bottleneck(in_channels, stage_width, first_stride if j == 0 else 1,
                                          use_se=use_se, se_reduction=se_reduction, dtype=dtype,
-                                         param_dtype=param_dtype, rngs=rngs))
+                                         param_dtype=param_dtype,
+                                         conv_general_dilated=conv_general_dilated, rngs=rngs))
                 in_channels = stage_width * EXPANSION
             setattr(self, f"layer{i + 1}", nnx.List(blocks))
         self.out_channels = in_channels

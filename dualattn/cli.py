@@ -1,0 +1,125 @@
+"""The command line shared by every entry point (train, evaluate, embed, compare, convert).
+
+``run(main)`` starts an absl app with our flag parser and turns every error a user can cause
+into one line: bad flags and unknown config keys as ``FATAL ...``, the rest as ``error: ...``
+(usage errors, ``dualattn.errors.UserError`` and the dataset builders' ``DatasetLayoutError``),
+with exit status 1 and that line last on stderr. Before ``main`` runs, the process gets our XLA:CPU
+flags (``dualattn.xla_flags``), quiet library logging and, in a multi-process launch, its place
+in the distributed run.
+"""
+
+from __future__ import annotations
+
+import logging as logging_std
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from data_pipeline.datasets import DatasetLayoutError
+from dualattn import xla_flags
+from dualattn.checkpoint import CheckpointWriteError
+from dualattn.errors import UserError
+
+FLAGS = flags.FLAGS
+
+USER_ERRORS = (UserError, DatasetLayoutError)
+
+
+def define_config_flag(help_text: str = "The run's configuration file.") -> None:
+    config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+
+
+def define_workdir_flag(help_text: str = "The run's directory (holding checkpoints/).") -> None:
+    flags.DEFINE_string("workdir", None, help_text)
+
+
+def require(*names: str) -> None:
+    """Stop with a usage error unless each named flag was given."""
+    missing = [f"--{n}" for n in names if getattr(FLAGS, n) is None]
+    if missing:
+        raise app.UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                             "required")
+
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, ending every bad flag in one clear line rather than a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:  # wrong type or malformed value
+        raise SystemExit(f"FATAL flags parsing error: {e}") from None
+    except AttributeError as e:  # raised by ConfigDict for an unknown --config.* key
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        key = str(e).strip("'\"")
+        raise SystemExit(f"FATAL unknown config key '{key}' in {' '.join(overrides)}; every key "
+                         "and its default is listed in configs/common.py") from None
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run: under SLURM with more than one task (one per node), everything
+    is detected; a hand launch sets JAX_COORDINATOR_ADDRESS (host:port of process 0),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. A lone process does nothing."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    elif env.get("SLURM_NTASKS", "1") != "1" or env.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+def quiet_background_tracebacks() -> None:
+    """Orbax logs a failed background save (e.g. a full disk) with a traceback per thread
+    before the error reaches us; keep those records to their first line, since the
+    CheckpointWriteError that follows says what happened and what to do."""
+    class FirstLineOnly(logging_std.Filter):
+        def filter(self, record):
+            if record.exc_info and record.levelno >= logging_std.ERROR:
+                record.msg, record.args = str(record.getMessage()).splitlines()[0], ()
+                record.exc_info = record.exc_text = None
+            return True
+
+    logging_std.getLogger("absl").addFilter(FirstLineOnly())
+
+
+def exit_after_failed_write(error: CheckpointWriteError) -> None:
+    """Print ``error`` as the last line and leave at once.
+
+    Orbax's failed background writers keep printing tracebacks from their threads, even while
+    the interpreter shuts down. Everything of ours is closed and flushed by now: silence
+    stderr, write the one line that matters last, and exit. It starts a line of its own: a
+    thread may have been cut off mid-line.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    message = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.write(message, f"\nerror: {error}\n".encode())
+    os._exit(1)
+
+
+def run(main, *, positional: bool = False, distributed: bool = True) -> None:
+    """``app.run(main)`` with our flag parser, process set-up and one-line user errors.
+    ``positional``: ``main`` reads arguments after the flags itself (else they are refused)."""
+    def guarded(argv):
+        if len(argv) > 1 and not positional:
+            sys.exit(f"error: unexpected arguments {argv[1:]} (see --help)")
+        logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+        if distributed:
+            initialize_distributed()
+        quiet_background_tracebacks()
+        try:
+            return main(argv)
+        except app.UsageError as e:  # absl would print the whole module docstring
+            sys.exit(f"error: {e} (see --help)")
+        except CheckpointWriteError as e:
+            exit_after_failed_write(e)
+        except USER_ERRORS as e:
+            sys.exit(f"error: {e}")
+
+    xla_flags.prefer_cpu_flags()  # before anything starts JAX's backend
+    app.run(guarded, flags_parser=parse_flags)
+

@@ -1,0 +1,44 @@
+"""A run's dataset: prepared once (the synthetic one generated first if asked), its splits
+opened, the training sampler built and the test identities read."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from data_pipeline import synthetic
+from data_pipeline.datasets import data_sources, prepare, read_columns
+from data_pipeline.sampler import PKSampler
+
+
+@dataclasses.dataclass
+class Data:
+    sources: dict[str, Any]
+    sampler: PKSampler
+    num_classes: int
+    ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    """Prepare the dataset once (process 0; the others wait) and open its splits."""
+    ds = config.dataset
+    if jax.process_index() == 0:
+        if ds.synthetic and not Path(ds.root).exists():
+            print(f"generating the synthetic dataset in {ds.root} ...")
+            tmp = Path(f"{ds.root}.incomplete")
+            synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,
+                               test_ids=ds.synthetic_test_ids, seed=config.seed)
+            tmp.rename(ds.root)  # a half-written dataset never sits at `root`
+        prepare(ds.name, ds.root, ds.data_dir)
+    multihost_utils.sync_global_devices("dataset prepared")
+    sources = data_sources(prepare(ds.name, ds.root, ds.data_dir, verbose=False))
+    (labels,) = read_columns(sources["train"], "label")
+    sampler = PKSampler(labels, config.input.p, config.input.k, seed=config.seed)
+    ids = {split: read_columns(sources[split], "pid", "camid") for split in ("query", "gallery")}
+    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids)
