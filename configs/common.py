@@ -2,11 +2,12 @@
 
 The paper (Sun & Wang) fixes: ResNet-50 + SE + self-attention, ImageNet initialisation,
 384x128 inputs, Adam at 3.5e-4, batch 32, triplet margin 0.3, label-smoothed cross-entropy,
-random erasing, rotation and translation, 500 epochs. What it leaves open follows BoT
-(reid-strong-baseline): P8 x K4 batches, warmup over 10 epochs from 1 % of the rate, x0.1 at
-epochs 40 and 70, weight decay 5e-4 as L2 in the gradient (torch Adam's weight_decay), BNNeck,
-last stride 1, horizontal flip, pad-10 translation, erasing p 0.5; we add rotation of up to
-10 degrees, which the paper names without a range. Evaluation uses the after-BNNeck feature,
+random erasing, rotation and translation, 500 epochs; batch 32 we take as P8 x K4 (BoT's
+default is P16 x K4 = 64). What it leaves open follows BoT (reid-strong-baseline): its
+identity sampler, warmup over 10 epochs from 1 % of the rate, x0.1 at epochs 40 and 70, weight
+decay 5e-4 as L2 in the gradient (torch Adam's weight_decay), BNNeck, last stride 1,
+horizontal flip, pad-10 translation, erasing p 0.5; we add rotation of up to 10 degrees, which
+the paper names without a range. Evaluation uses the after-BNNeck feature,
 L2-normalised, with Euclidean distance.
 """
 
@@ -21,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrained = ""
 
     c.dataset = ml_collections.ConfigDict()
-    c.dataset.name = "market1501"  # market1501 | dukemtmc_reid | msmt17 | cuhk03_np_*
+    # market1501 | dukemtmc_reid | msmt17 | cuhk03_np_detected | cuhk03_np_labeled | custom
+    c.dataset.name = "market1501"
     c.dataset.root = "data/Market-1501-v15.09.15"  # the unpacked dataset folder
     c.dataset.data_dir = "data/tfds"  # where the prepared array_record files go
     # Generate a synthetic dataset at `root` first when it does not exist (synthetic config).
@@ -34,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.input.width = 128
     c.input.p = 8  # identities per batch
     c.input.k = 4  # images per identity: batch 32
+    # "identity": BoT's / torchreid's / fast-reid's RandomIdentitySampler (each identity's
+    # images used up in K-chunks every epoch); "uniform": P identities drawn uniformly per step.
+    c.input.sampler = "identity"
     c.input.num_workers = 8  # grain worker processes; 0 decodes in the main process
     c.input.eval_batch_size = 128
 
@@ -69,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.epochs = 500
     c.optim.lr = 3.5e-4
     c.optim.weight_decay = 5e-4
+    # "bot": BoT's warmup and decays, set at each epoch's start (its first epoch at 3.8e-5);
+    # "per_step": a linear ramp over the warmup's steps from warmup_factor * lr.
+    c.optim.schedule = "bot"
     c.optim.warmup_epochs = 10
     c.optim.warmup_factor = 0.01
     c.optim.decay_epochs = (40, 70)

@@ -1,10 +1,16 @@
 """Identity-balanced (PK) batch sampling, stateless so that a resumed run sees the same batches.
 
-Batch-hard triplet mining needs every batch to hold P identities with K images each. Each
-batch draws P distinct identities uniformly; each identity serves its images from its own
-shuffled cycle, so all of an identity's images are used before any repeats, and an identity
-with fewer than K images repeats some within the batch (sampling with replacement). An epoch
-is ``len(train) // (P * K)`` batches, as with any sampler of that batch size.
+Batch-hard triplet mining needs every batch to hold P identities with K images each. Two
+samplers, chosen by ``config.input.sampler``:
+
+- ``IdentitySampler`` ("identity", the default): BoT's, torchreid's and fast-reid's
+  ``RandomIdentitySampler``. Every epoch, each identity's shuffled images are cut into chunks
+  of K (an identity with fewer than K images is first drawn up to K with replacement; a
+  remainder under K is left out), and batches take P distinct identities at random among
+  those with chunks left, one chunk each. Identities thus appear in proportion to their image
+  count and an epoch covers the training set.
+- ``PKSampler`` ("uniform"): P distinct identities drawn uniformly at every step; each serves
+  its images from its own shuffled cycle.
 
 Everything is a function of ``(seed, epoch)``: no iterator state beyond the step number, which
 makes resuming exact and lets every host compute the same global batch and read only its own
@@ -19,7 +25,8 @@ import numpy as np
 
 
 class PKSampler:
-    """Global batches of record indices for labels ``labels`` (one per training record)."""
+    """Global batches of record indices for labels ``labels`` (one per training record); P
+    identities drawn uniformly at every step. An epoch is ``len(labels) // (P * K)`` steps."""
 
     def __init__(self, labels, p: int, k: int, seed: int = 0):
         labels = np.asarray(labels)
@@ -30,7 +37,7 @@ class PKSampler:
         self.ids, inverse = np.unique(labels, return_inverse=True)
         if p > len(self.ids):
             raise ValueError(f"P={p} identities per batch, but the training set has only "
-                             f"{len(self.ids)}; lower P (config data.p)")
+                             f"{len(self.ids)}; lower P (config input.p)")
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse))
         self.members = np.split(order, bounds[:-1])  # record indices of each identity
@@ -58,6 +65,55 @@ class PKSampler:
         """The global batch at training step ``step`` (counting across epochs)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         return self.epoch(epoch)[index]
+
+
+class IdentitySampler(PKSampler):
+    """BoT's ``RandomIdentitySampler`` as a pure function of ``(seed, epoch)``.
+
+    An epoch is ``(number of K-chunks) // P`` steps: BoT's estimate of its own length. Its
+    draw ends when fewer than P identities have chunks left, usually a few steps short; the
+    epoch's remaining steps are taken from the start of a fresh draw, so every epoch has the
+    same length (which step-based schedules and exact resuming need)."""
+
+    def __init__(self, labels, p: int, k: int, seed: int = 0):
+        super().__init__(labels, p, k, seed)
+        chunks = sum(max(len(m), k) // k for m in self.members)
+        self.steps_per_epoch = max(1, chunks // p)
+
+    def _draw(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """One pass of BoT's sampler: global batches until fewer than P identities remain."""
+        chunks = []
+        for m in self.members:
+            idx = m if len(m) >= self.k else rng.choice(m, self.k, replace=True)
+            idx = rng.permutation(idx)
+            n = len(idx) // self.k
+            chunks.append(list(idx[:n * self.k].reshape(n, self.k)))
+        available = [i for i, c in enumerate(chunks) if c]
+        batches = []
+        while len(available) >= self.p:
+            chosen = [available[j] for j in rng.choice(len(available), self.p, replace=False)]
+            batches.append(np.concatenate([chunks[i].pop(0) for i in chosen]))
+            available = [i for i in available if chunks[i]]
+        return batches
+
+    @functools.lru_cache(maxsize=2)
+    def epoch(self, epoch: int) -> np.ndarray:
+        """(steps_per_epoch, P*K) record indices; K consecutive entries share an identity."""
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        while len(batches) < self.steps_per_epoch:
+            batches += self._draw(rng)
+        return np.stack(batches[:self.steps_per_epoch]).astype(np.int64)
+
+
+SAMPLERS = {"identity": IdentitySampler, "uniform": PKSampler}
+
+
+def make_sampler(kind: str, labels, p: int, k: int, seed: int = 0) -> PKSampler:
+    """The sampler named by ``config.input.sampler``."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"input.sampler must be one of {sorted(SAMPLERS)}, got {kind!r}")
+    return SAMPLERS[kind](labels, p, k, seed=seed)
 
 
 def process_share(global_batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:

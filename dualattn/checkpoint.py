@@ -46,6 +46,22 @@ def _os_reason(error: BaseException) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _paths(tree, prefix: str = ""):
+    """'a/b/value'-style paths of the leaves of orbax's nested-dict metadata tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _paths(v, f"{prefix}/{k}" if prefix else str(k))
+    else:
+        yield prefix
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, keep_latest: int = 2):
         self.directory = Path(directory).absolute()
@@ -160,6 +176,18 @@ class Checkpointer:
             item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
         abstract = {MODEL_KEY: jax.tree.map(ocp.utils.to_shape_dtype_struct, target)}
+        # A partial restore reads what the target names and ignores the rest: check first that
+        # the checkpoint's model has exactly the target's variables.
+        stored = set(_paths(manager.item_metadata(step)["state"][str(MODEL_KEY)]))
+        wanted = {"/".join(_key_name(k) for k in path[1:])
+                  for path, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        if stored != wanted:
+            extra, missing = sorted(stored - wanted), sorted(wanted - stored)
+            raise CheckpointMismatchError(
+                f"the checkpoint at {manager.directory}/{step} does not match this model "
+                f"configuration ({len(extra)} variable(s) only in the checkpoint, e.g. "
+                f"{extra[:3]}; {len(missing)} only in the model, e.g. {missing[:3]}); use the "
+                "config that wrote it")
         with self._matching(manager.directory, step):
             restored = reader.restore(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(

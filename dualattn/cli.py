@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging as logging_std
 import os
 import sys
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import saved
 from data_pipeline.datasets import DatasetLayoutError
 from dualattn import xla_flags
 from dualattn.checkpoint import CheckpointWriteError
@@ -40,13 +42,39 @@ def require(*names: str) -> None:
     """Stop with a usage error unless each named flag was given."""
     missing = [f"--{n}" for n in names if getattr(FLAGS, n) is None]
     if missing:
-        raise app.UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                             "required")
+        raise app.UsageError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required"
+            + (" (--config may be left out for a --workdir holding the config.json of its "
+               "training run)" if "--config" in missing and "workdir" in FLAGS else ""))
 
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=V`` or ``--name V`` in ``argv`` (the last one given), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def with_saved_config(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config`` pointing at the run's saved config when ``--workdir`` names a
+    run that has one and no ``--config`` was given (``configs/saved.py``)."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    workdir = _flag_value(argv, "workdir")
+    if workdir is None or not (Path(workdir) / saved.FILENAME).is_file():
+        return argv
+    return [argv[0], f"--config={saved.__file__}:{Path(workdir) / saved.FILENAME}", *argv[1:]]
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, ending every bad flag in one clear line rather than a traceback."""
+    """absl's parser, ending every bad flag in one clear line rather than a traceback; a run's
+    saved config stands in for a missing ``--config`` (``with_saved_config``)."""
+    argv = with_saved_config(argv)
     try:
         return FLAGS(argv)
     except flags.Error as e:  # wrong type or malformed value

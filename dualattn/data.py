@@ -14,13 +14,13 @@ from jax.experimental import multihost_utils
 
 from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare, read_columns
-from data_pipeline.sampler import PKSampler
+from data_pipeline.sampler import PKSampler, make_sampler
 
 
 @dataclasses.dataclass
 class Data:
     sources: dict[str, Any]
-    sampler: PKSampler
+    sampler: PKSampler  # or its subclass IdentitySampler (config.input.sampler)
     num_classes: int
     ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
 
@@ -39,6 +39,7 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     multihost_utils.sync_global_devices("dataset prepared")
     sources = data_sources(prepare(ds.name, ds.root, ds.data_dir, verbose=False))
     (labels,) = read_columns(sources["train"], "label")
-    sampler = PKSampler(labels, config.input.p, config.input.k, seed=config.seed)
+    sampler = make_sampler(config.input.sampler, labels, config.input.p, config.input.k,
+                           seed=config.seed)
     ids = {split: read_columns(sources[split], "pid", "camid") for split in ("query", "gallery")}
     return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids)

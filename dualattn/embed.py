@@ -1,15 +1,15 @@
 """Features of your own crops from a trained run, and nearest-neighbour search over them.
 
-    python -m dualattn.embed --config C --workdir W --images DIR --out feats.npz
-    python -m dualattn.embed --config C --workdir W --query IMG --gallery DIR [--top 10]
+    python -m dualattn.embed --workdir W --images DIR --out feats.npz
+    python -m dualattn.embed --workdir W --query IMG --gallery DIR [--top 10]
 
 The first writes the test feature of every image under ``DIR`` (recursively; .jpg, .jpeg,
 .png, .bmp; sorted by path) to an ``.npz`` with ``features`` (float32, N x D) and ``paths``
 (relative to ``DIR``, same order). The second prints the ``--top`` gallery images closest to
 the query. Images are resized to the config's input size and batched over every device,
 exactly as evaluation does (same preprocessing, test feature, flip option and
-normalisation; with several processes each decodes its share), using the run's best
-checkpoint unless ``--checkpoint=latest``.
+normalisation; with several processes each decodes its share), using the run's final
+checkpoint unless ``--checkpoint=best``, and the config the run saved unless ``--config``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     cli.define_config_flag()
     cli.define_workdir_flag()
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to use.")
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to use: "
+                      "the final model, or the one with the best test mAP.")
     flags.DEFINE_string("images", None, "Folder of images to embed (with --out).")
     flags.DEFINE_string("out", None, "The .npz file to write (features, paths).")
     flags.DEFINE_string("query", None, "One query image (with --gallery).")

@@ -1,8 +1,11 @@
-"""Evaluate a trained run: ``python -m dualattn.evaluate --config C --workdir W``.
+"""Evaluate a trained run: ``python -m dualattn.evaluate --workdir W [--config C]``.
 
-Loads the best checkpoint (by mAP) of the run in ``--workdir``, or ``--checkpoint=latest``,
-or ``--checkpoint=untrained`` for the random initialisation (a baseline), extracts query and
-gallery features and prints Rank-1/5/10, mAP and mINP as a table. Test-time options come from
+Loads the final model of the run in ``--workdir`` (its latest checkpoint), or
+``--checkpoint=best``, the checkpoint whose test mAP was highest during training (chosen on the
+test set, so labelled as such), or ``--checkpoint=untrained`` for the network as training
+starts it (a baseline); extracts query and gallery features and prints Rank-1/5/10, mAP and
+mINP as a table. The config is the one the run saved (``W/config.json``) unless ``--config``
+is given; ``--config.KEY=VALUE`` overrides apply on top of either. Test-time options come from
 the config (``--config.eval.flip_test``, ``--config.eval.rerank``, ``--config.eval.metric``,
 ``--config.model.test_feature``); ``--variants`` scores every combination of feature (after or
 before the BNNeck), flip averaging and re-ranking in one run, one row each.
@@ -40,7 +43,7 @@ class Run(NamedTuple):
     batch_sharding: Any
 
 
-def load_run(config, workdir: str | Path, which: str = "best") -> Run:
+def load_run(config, workdir: str | Path, which: str = "latest") -> Run:
     """The ``which`` checkpoint's model ("best", "latest", or "untrained": the network as
     training starts it) and the config's dataset. The checkpoint is found before the
     dataset is prepared, so a workdir without one fails at once."""
@@ -59,7 +62,7 @@ def run_features(config, run: Run, feature: str | None = None) -> tuple[np.ndarr
                                   run.data, config, run.batch_sharding)
 
 
-def evaluate_run(config, workdir: str | Path, which: str = "best") -> tuple[int, dict]:
+def evaluate_run(config, workdir: str | Path, which: str = "latest") -> tuple[int, dict]:
     """(training step of the scored state, metrics as fractions) with the config's options."""
     run = load_run(config, workdir, which)
     return run.step, score_features(*run_features(config, run), run.data, config)
@@ -152,13 +155,18 @@ def format_table(rows: list[tuple[str, int, dict]]) -> str:
 
 FLAGS = flags.FLAGS
 
+# How each checkpoint is named in printed tables.
+LABELS = {"latest": "final", "best": "best (test-selected)", "untrained": "untrained"}
+
 
 def define_flags() -> None:
     """Defined by the entry point only, so that importing this module defines no flags."""
     cli.define_config_flag()
     cli.define_workdir_flag()
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest", "untrained"],
-                      "Which state to score.")
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best", "untrained"],
+                      "Which state to score: the final (latest) model; the checkpoint with the "
+                      "best test mAP (model selection on the test set: label it so when you "
+                      "report it); or the network as training starts it.")
     flags.DEFINE_bool("variants", False, "Score feature (after/before BNNeck) x flip x "
                       "re-ranking, one row each.")
     flags.DEFINE_integer("visualize", 0, "Write ranked_lists.png: this many queries with their "
@@ -172,11 +180,12 @@ def main(argv):
     cli.require("config", "workdir")
     config, which = FLAGS.config, FLAGS.checkpoint
     run, features = load_run(config, FLAGS.workdir, which), None
+    label = LABELS[which]
     if FLAGS.variants:
-        rows = [(f"{which}: {name}", run.step, m) for name, m in evaluate_variants(config, run)]
+        rows = [(f"{label}: {name}", run.step, m) for name, m in evaluate_variants(config, run)]
     else:
         features = run_features(config, run)
-        rows = [(which, run.step, score_features(*features, run.data, config))]
+        rows = [(label, run.step, score_features(*features, run.data, config))]
     print(format_table(rows))
     figures = Path(FLAGS.figures_dir or FLAGS.workdir)
     if FLAGS.visualize:

@@ -30,8 +30,13 @@ def load_pretrained(model: ReIDNet, path: str) -> None:
     """``path``'s ImageNet weights into ``model``'s backbone, saying what was loaded."""
     counts = load_backbone_weights(model, path)
     if jax.process_index() == 0:
-        print(f"loaded {counts['loaded']} backbone tensors from {path}"
-              + (f"; {counts['fresh_se']} SE tensors start fresh" if counts["fresh_se"] else ""))
+        print(f"loaded {counts['loaded']} backbone tensors from {path}")
+        if counts["fresh_se"]:
+            print(f"note: {path} has no SE weights, so the SE blocks start fresh "
+                  f"({counts['fresh_se']} tensors; their gates near 0.5 halve every pretrained "
+                  "residual branch at first); for the paper's ImageNet SE-ResNet-50 start, pass "
+                  "timm's seresnet50 weights as --config.pretrained, or set "
+                  "--config.model.use_se=False for the plain ResNet-50 rows")
         if counts["legacy_senet"]:
             print("note: a legacy (Caffe-style) SE-ResNet file: it strides in each block's "
                   "first 1x1 conv, ours in the 3x3, so these weights initialise rather than "
@@ -66,7 +71,7 @@ class InferenceModel(NamedTuple):
 
 
 def load_model(config: ml_collections.ConfigDict, workdir: str | Path,
-               which: str = "best") -> InferenceModel:
+               which: str = "latest") -> InferenceModel:
     """The model of a run's ``which`` checkpoint ("best" or "latest"), without its optimizer.
 
     The classifier size comes from the checkpoint, so a model trained on another dataset (or

@@ -6,7 +6,8 @@ statistics and batch-hard triplet mining see the *global* batch whatever the dev
 Each process reads only its own slice of every global batch. Augmentation runs inside the
 step, on the device.
 
-The workdir receives ``metrics.jsonl`` (one JSON object per logged training step and per
+The workdir receives ``config.json`` (the resolved config, which later commands given only
+``--workdir`` use), ``metrics.jsonl`` (one JSON object per logged training step and per
 evaluation), the same scalars as TensorBoard event files in ``tensorboard/``, and
 ``checkpoints/latest`` and ``checkpoints/best`` (by mAP). Started again on
 the same workdir, training resumes from the latest checkpoint: data order and augmentation
@@ -30,6 +31,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from configs import saved
 from data_pipeline.input_pipeline import train_dataset
 from dualattn import checkpoint, cli, preemption
 from dualattn.augment import AugmentConfig, augment
@@ -112,7 +114,9 @@ class MetricsLog:
     def write(self, kind: str, row: dict) -> None:
         if not self.enabled:
             return
-        row = {k: round(float(v), 6) for k, v in row.items()}
+        # Counts stay integers (step, and epoch in evaluation rows); the rest 6 decimals.
+        row = {k: int(v) if isinstance(v, (int, np.integer)) else round(float(v), 6)
+               for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         step = int(row["step"])
@@ -186,6 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state, meta = ckpt.restore_latest(state)
         start_step, best_map = meta["step"], meta["best_mAP"]
         print(f"resumed from step {start_step} (best mAP so far {best_map:.4f})")
+    if jax.process_index() == 0:  # after the restore: a mismatching config never replaces it
+        saved.save(config, workdir)
 
     step_fn = make_train_step(config, schedule)
     eval_fn = make_eval_fn(config)

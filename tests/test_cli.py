@@ -17,7 +17,7 @@ def test_train_refuses_a_missing_dataset(tmp_path):
 def test_evaluate_refuses_a_workdir_without_checkpoints(tmp_path):
     proc = run_command("dualattn.evaluate", "--config", "configs/tiny.py", "--workdir",
                        str(tmp_path / "empty"))
-    assert_one_error_line(proc, "no best checkpoint under")
+    assert_one_error_line(proc, "no latest checkpoint under")
 
 
 @pytest.mark.parametrize("args,message", [

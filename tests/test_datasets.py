@@ -195,3 +195,54 @@ def test_cuhk03_np_builder_reads_png_folders(market_dir, tmp_path):
     assert decode_resize(image, 32, 16).shape == (32, 16, 3)
     with pytest.raises(DatasetLayoutError, match="labeled/bounding_box_train"):
         prepare("cuhk03_np_labeled", tmp_path / "cuhk03-np", tmp_path / "data2")
+
+
+def write_custom(market_dir, root):
+    """Re-lay a generated Market folder as a user's own dataset: any folders, three list files
+    of 'path pid camid' with 0-based cameras and a PNG among the JPEGs."""
+    import shutil
+
+    from PIL import Image
+    for split, folder in (("train", "bounding_box_train"), ("query", "query"),
+                          ("gallery", "bounding_box_test")):
+        lines = ["# path pid camid"]
+        for k, (path, pid, cam) in enumerate(market_entries(market_dir, folder)):
+            rel = f"images/{split}/person{pid}_{k}" + (".png" if k == 0 else ".jpg")
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            if k == 0:
+                Image.open(path).save(root / rel)
+            else:
+                shutil.copy(path, root / rel)
+            lines.append(f"{rel} {pid} {cam - 1}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_custom_list_layout_reads_a_users_own_dataset(market_dir, tmp_path):
+    from data_pipeline.input_pipeline import decode_resize
+    root = tmp_path / "mine"
+    write_custom(market_dir, root)
+    sources = data_sources(prepare("custom", root, tmp_path / "data", verbose=False))
+    entries = market_entries(market_dir, "query")
+    assert len(sources["query"]) == len(entries)
+    paths, cams = read_columns(sources["query"], "path", "camid")
+    index = {f"person{pid}_{k}": cam - 1 for k, (_, pid, cam) in enumerate(entries)}
+    by_path = {str(p.decode() if isinstance(p, bytes) else p): c for p, c in zip(paths, cams)}
+    assert {p.rsplit("/", 1)[1].split(".")[0]: c for p, c in by_path.items()} == index
+    assert sorted(set(split_column(sources["train"], "label"))) == list(range(6))
+    png = next(i for i, p in enumerate(by_path) if p.endswith(".png"))
+    assert decode_resize(sources["query"][png]["image"], 32, 16).shape == (32, 16, 3)
+
+
+def test_custom_list_problems_name_file_and_line(market_dir, tmp_path):
+    root = tmp_path / "mine"
+    write_custom(market_dir, root)
+    lines = (root / "gallery.txt").read_text().splitlines()
+    lines[2] = "images/gallery/nope.jpg 3 0"
+    lines[3] = "images/gallery/person1_1.jpg 3"
+    (root / "gallery.txt").write_text("\n".join(lines))
+    with pytest.raises(DatasetLayoutError, match=r"(?s)2 problem.*gallery.txt:3:.*does not "
+                                                 r"exist.*gallery.txt:4: expected"):
+        prepare("custom", root, tmp_path / "data")
+    (root / "query.txt").unlink()
+    with pytest.raises(DatasetLayoutError, match="query.txt"):
+        prepare("custom", root, tmp_path / "data")

@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from configs import tiny
+from configs import saved, tiny
 from data_pipeline.datasets import read_columns
 from dualattn import checkpoint, embed, evaluate, train, visualize
 from dualattn.data import load_data
@@ -24,7 +24,8 @@ from dualattn.interop.torch_model import TorchReIDNet
 from dualattn.models import ReIDNet
 from dualattn.optim import learning_rate_schedule
 from dualattn.state import create_train_state, load_model
-from tests.helpers import read_rows, tiny_config, torchvision_state_dict
+from tests.helpers import (assert_one_error_line, read_rows, run_command, tiny_config,
+                           torchvision_state_dict)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,15 @@ def data_paths(tmp_path_factory):
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
-def test_trains_evaluates_checkpoints_and_resumes_exactly(data_paths, tmp_path):
+@pytest.mark.parametrize("sampler", ["identity", "uniform"])
+def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, tmp_path):
+    def config(epochs):
+        c = tiny_config(data_paths, epochs=epochs)
+        c.input.sampler = sampler
+        return c
+
     straight = tmp_path / "straight"
-    result = train.train_and_evaluate(tiny_config(data_paths, epochs=4), straight)
+    result = train.train_and_evaluate(config(4), straight)
     rows = read_rows(straight)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "mAP" in r]
@@ -57,8 +64,8 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(data_paths, tmp_path):
 
     # Two epochs, stop, then two more in the same workdir: same parameters as straight through.
     resumed = tmp_path / "resumed"
-    train.train_and_evaluate(tiny_config(data_paths, epochs=2), resumed)
-    train.train_and_evaluate(tiny_config(data_paths, epochs=4), resumed)
+    train.train_and_evaluate(config(2), resumed)
+    train.train_and_evaluate(config(4), resumed)
     assert [r["step"] for r in read_rows(resumed) if "loss" in r] == [r["step"] for r in train_rows]
 
     def params(workdir):
@@ -99,6 +106,7 @@ def test_learning_rate_schedule_warms_up_and_steps_down(dtype):
     c = tiny.get_config()
     c.optim.lr, c.optim.warmup_epochs, c.optim.warmup_factor = 1e-3, 2, 0.01
     c.optim.decay_epochs, c.optim.decay_factor = (4, 6), 0.1
+    c.optim.schedule = "per_step"
     schedule = learning_rate_schedule(c, steps_per_epoch=10)
     lr = lambda step: float(schedule(dtype(step)))  # noqa: E731
     # optax's linear schedule evaluates (init - end) * frac + end in f32: recovering 1e-5 from
@@ -108,6 +116,21 @@ def test_learning_rate_schedule_warms_up_and_steps_down(dtype):
     assert lr(10) == approx(1e-5 + (1e-3 - 1e-5) / 2)
     assert lr(20) == approx(1e-3) and lr(39) == approx(1e-3)
     assert lr(40) == approx(1e-4) and lr(60) == approx(1e-5)
+
+
+def test_bot_schedule_is_reid_strong_baselines_per_epoch_rate():
+    """WarmupMultiStepLR stepped at each epoch's start: epoch E (0-based) runs at t = E + 1."""
+    c = tiny.get_config()
+    c.optim.lr, c.optim.warmup_epochs, c.optim.warmup_factor = 3.5e-4, 10, 0.01
+    c.optim.decay_epochs, c.optim.decay_factor, c.optim.schedule = (40, 70), 0.1, "bot"
+    schedule = learning_rate_schedule(c, steps_per_epoch=7)
+    approx = functools.partial(pytest.approx, rel=1e-5)
+    for epoch, expected in [(0, 3.5e-4 * (0.01 * 0.9 + 0.1)), (8, 3.5e-4 * (0.01 * 0.1 + 0.9)),
+                            (9, 3.5e-4), (38, 3.5e-4), (39, 3.5e-5), (68, 3.5e-5),
+                            (69, 3.5e-6)]:
+        for step in (7 * epoch, 7 * epoch + 6):  # constant within the epoch
+            assert float(schedule(np.uint32(step))) == approx(expected), (epoch, step)
+    assert float(schedule(0)) == approx(3.815e-5)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +177,28 @@ def test_inference_restores_the_model_alone_also_from_older_checkpoints(trained_
     older.wait()
     assert older.stored_num_classes("latest") == num_classes
     assert load_model(c, tmp_path, "latest").step == 3
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_later_commands_need_only_the_workdir(trained_run):
+    """The run saved its resolved config; evaluate reads it, scores the final model by default,
+    labels the test-selected checkpoint, and refuses an override that changes the model."""
+    c, run = trained_run
+    again = saved.get_config(str(run / saved.FILENAME))
+    expected = c.copy_and_resolve_references()
+    expected.dataset.root = str(Path(c.dataset.root).absolute())
+    expected.dataset.data_dir = str(Path(c.dataset.data_dir).absolute())
+    assert again.to_dict() == expected.to_dict()
+
+    proc = run_command("dualattn.evaluate", "--workdir", str(run))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = [r for r in read_rows(run) if "mAP" in r][-1]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("final ")]
+    assert line.split()[1] == str(final["step"]) and f"{100 * final['mAP']:.2f}%" in line
+    proc = run_command("dualattn.evaluate", "--workdir", str(run), "--checkpoint=best")
+    assert proc.returncode == 0 and "best (test-selected)" in proc.stdout, proc.stderr[-2000:]
+    proc = run_command("dualattn.evaluate", "--workdir", str(run), "--config.model.use_sa=False")
+    assert_one_error_line(proc, "does not match this model configuration")
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")

@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipeline.datasets import layouts
-from data_pipeline.datasets.layouts import DUKEMTMC_REID, MARKET1501, MSMT17, Layout, cuhk03_np
+from data_pipeline.datasets.layouts import (CUSTOM, DUKEMTMC_REID, MARKET1501, MSMT17, Layout,
+                                           cuhk03_np)
 
 
 class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -94,8 +95,16 @@ class CUHK03NPLabeled(ReIDBuilder):
     LAYOUT = cuhk03_np("labeled")
 
 
+class CustomReID(ReIDBuilder):
+    """A user's own dataset in the list-file layout (``layouts.CUSTOM``). Give each custom
+    dataset its own ``dataset.data_dir``: the prepared files are named after the builder."""
+    name = "custom"
+    LAYOUT = CUSTOM
+
+
 BUILDERS: dict[str, type[ReIDBuilder]] = {
-    b.name: b for b in (Market1501, DukeMTMCReID, MSMT17Builder, CUHK03NPDetected, CUHK03NPLabeled)}
+    b.name: b for b in (Market1501, DukeMTMCReID, MSMT17Builder, CUHK03NPDetected, CUHK03NPLabeled,
+                        CustomReID)}
 
 
 def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,

@@ -147,6 +147,51 @@ class ListLayout(Layout):
         return found, bad
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitListLayout(Layout):
+    """A user's own dataset: ``train.txt``, ``query.txt`` and ``gallery.txt`` in the folder,
+    one image a line as ``relative/path.jpg PID CAMID`` (whitespace-separated integers; any
+    numbering: only equality matters, and query and gallery share camera ids). Query and
+    gallery identities must share ids; training ids are relabelled 0..N-1."""
+
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> list file
+
+    def describe(self) -> str:
+        return (f"{self.name}: a folder holding {', '.join(self.files.values())}, each line "
+                f"'relative/path.jpg PID CAMID' (e.g. {self.example})")
+
+    def missing(self, root: Path) -> list[str]:
+        return sorted(f for f in self.files.values() if not (root / f).is_file())
+
+    def entries(self, root):
+        found, bad = {}, []
+        for split, list_file in self.files.items():
+            found[split] = []
+            for n, line in enumerate((root / list_file).read_text().splitlines(), 1):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                fields = line.split()
+                try:
+                    if len(fields) != 3:
+                        raise ValueError
+                    pid, cam = int(fields[1]), int(fields[2])
+                except ValueError:
+                    bad.append(f"{root / list_file}:{n}: expected 'relative/path PID CAMID', "
+                               f"got {line.strip()!r}")
+                    continue
+                path = root / fields[0]
+                if not path.is_file():
+                    bad.append(f"{root / list_file}:{n}: {path} does not exist")
+                    continue
+                found[split].append((path, pid, cam + 1))  # scan() makes cameras 0-based
+        return found, bad
+
+
+CUSTOM = SplitListLayout(
+    name="custom", example="cam1/person0007_0003.jpg 7 1", junk_pid=None, published=None,
+    files={"train": "train.txt", "query": "query.txt", "gallery": "gallery.txt"})
+
+
 _MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 MARKET1501 = FolderLayout(

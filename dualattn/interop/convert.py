@@ -1,6 +1,6 @@
 """Convert between a run and a PyTorch state dict of the twin, in either direction.
 
-    python -m dualattn.interop.convert --config CONFIG IN OUT
+    python -m dualattn.interop.convert [--config CONFIG] IN OUT
 
 A run's checkpoint becomes a ``.safetensors``/``.pth`` file that
 ``dualattn.interop.torch_model.TorchReIDNet(...).load_state_dict(sd, strict=True)`` accepts;
@@ -8,8 +8,8 @@ such a file (ours, or a PyTorch ReID model in the twin's names) becomes a new ru
 Names and layouts: ``dualattn.interop.state_dict``; files: ``dualattn.interop.files`` (torch
 is needed only to write ``.pth``).
 
-  IN a run's workdir, OUT a .safetensors or .pth file: the run's best checkpoint (or
-      --checkpoint=latest) as a state dict of the PyTorch twin
+  IN a run's workdir, OUT a .safetensors or .pth file: the run's final checkpoint (or
+      --checkpoint=best) as a state dict of the PyTorch twin
       (dualattn.interop.torch_model.TorchReIDNet, strict=True).
   IN a .pth/.pt/.bin/.safetensors state dict of the twin (a PyTorch ReID model in its names),
       OUT a new workdir: our checkpoint of it, at step 0, as both `best` and `latest`, so that
@@ -18,7 +18,7 @@ is needed only to write ``.pth``).
       --config.pretrained.
 
 The model settings (config.model) must be those of the weights; the classifier size is read
-from them.
+from them. Exporting a run needs no --config: the run's saved config.json is used.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from absl import app, flags
 from flax import nnx
 
+from configs import saved
 from dualattn import checkpoint, cli
 from dualattn.interop.files import TORCH_SUFFIXES, read_state_dict, write_state_dict
 from dualattn.interop.state_dict import ConversionError, flax_to_torch, torch_to_flax
@@ -36,7 +37,7 @@ from dualattn.state import create_train_state, load_model
 _WEIGHT_FILES = (*TORCH_SUFFIXES, ".safetensors")
 
 
-def export_run(config, workdir: Path, out: Path, which: str = "best") -> int:
+def export_run(config, workdir: Path, out: Path, which: str = "latest") -> int:
     """Write the run's ``which`` checkpoint as a twin state dict; returns its training step."""
     if out.suffix not in (".safetensors", ".pth"):
         raise ConversionError(f"{out}: write a .safetensors or .pth file")
@@ -70,12 +71,17 @@ def main(argv):
     if len(argv) != 3:
         raise app.UsageError("give IN and OUT: a run's workdir and a weights file to write, or "
                              "a weights file and a new workdir")
-    cli.require("config")
     src, dst = Path(argv[1]), Path(argv[2])
     if src.is_dir():
-        step = export_run(FLAGS.config, src, dst, FLAGS.checkpoint)
+        config = FLAGS.config
+        if config is None and (src / saved.FILENAME).is_file():  # the run's own config
+            config = saved.get_config(str(src / saved.FILENAME))
+        if config is None:
+            cli.require("config")
+        step = export_run(config, src, dst, FLAGS.checkpoint)
         print(f"wrote {dst}: the {FLAGS.checkpoint} checkpoint of {src} (step {step})")
     elif src.suffix in _WEIGHT_FILES:
+        cli.require("config")
         num_classes = import_state_dict(FLAGS.config, src, dst)
         print(f"wrote {dst}/checkpoints: {src} as step 0 ({num_classes} classes)")
     else:
@@ -87,5 +93,6 @@ FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
     cli.define_config_flag("The model's configuration file.")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to export.")
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to export: "
+                      "the final model, or the one with the best test mAP.")
     cli.run(main, positional=True)

@@ -1,0 +1,56 @@
+"""The resolved config a training run saved in its workdir (``WORKDIR/config.json``).
+
+Every entry point given ``--workdir W`` without ``--config`` loads it as
+``--config=configs/saved.py:W/config.json`` (``dualattn.cli``), so ``--config.KEY=VALUE``
+overrides apply on top of it as on any config file. Keys are read over ``configs/common.py``'s
+defaults, with JSON lists turned back into the tuples the defaults hold.
+"""
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+from configs import common
+
+FILENAME = "config.json"
+
+
+def _update(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        current = config.get(key)
+        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+            _update(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            config[key] = tuple(value)
+        elif isinstance(current, float) and isinstance(value, int):
+            config[key] = float(value)
+        else:
+            config[key] = value
+
+
+def get_config(path: str) -> ml_collections.ConfigDict:
+    config = common.get_config()
+    _update(config, json.loads(Path(path).read_text()))
+    return config
+
+
+# Paths made absolute when saved, so that later commands can run from any folder.
+PATH_KEYS = (("dataset", "root"), ("dataset", "data_dir"), ("pretrained",))
+
+
+def save(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Write ``config`` as ``workdir/config.json`` (a temporary file, then a rename), with
+    its dataset and weight paths made absolute."""
+    config = config.copy_and_resolve_references()
+    for *parents, leaf in PATH_KEYS:
+        node = config
+        for p in parents:
+            node = node[p]
+        if node[leaf]:
+            node[leaf] = str(Path(node[leaf]).expanduser().absolute())
+    out = Path(workdir) / FILENAME
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=False) + "\n")
+    tmp.replace(out)
+    return out
