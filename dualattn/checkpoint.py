@@ -172,7 +172,7 @@ class Checkpointer:
         step = self._step(manager, "the run has not saved yet" if which == "latest"
                           else "the run has not evaluated yet")
         reader = ocp.CheckpointManager(
-            manager.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+            manager.directory, options=ocp.CheckpointManagerOptions(create=False),
             item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
         abstract = {MODEL_KEY: jax.tree.map(ocp.utils.to_shape_dtype_struct, target)}

@@ -18,6 +18,7 @@ from data_pipeline.datasets import read_columns
 from dualattn import checkpoint, embed, evaluate, train, visualize
 from dualattn.data import load_data
 from dualattn.evaluation import eval_step
+from dualattn.interop.compare import build_pair
 from dualattn.interop.convert import ConversionError, export_run, import_state_dict
 from dualattn.interop.files import WeightsFileError, read_state_dict, write_safetensors
 from dualattn.interop.torch_model import TorchReIDNet
@@ -199,6 +200,21 @@ def test_later_commands_need_only_the_workdir(trained_run):
     assert proc.returncode == 0 and "best (test-selected)" in proc.stdout, proc.stderr[-2000:]
     proc = run_command("dualattn.evaluate", "--workdir", str(run), "--config.model.use_sa=False")
     assert_one_error_line(proc, "does not match this model configuration")
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_compare_loads_a_runs_final_model_into_both_frameworks(trained_run):
+    c, run = trained_run
+    model, twin, how = build_pair(saved.get_config(str(run / saved.FILENAME)), 751,
+                                  workdir=str(run))
+    assert how.startswith(f"the final model of {run}")
+    assert model.classifier.kernel.shape[-1] == checkpoint.Checkpointer(
+        run / "checkpoints").stored_num_classes("latest")
+    images = np.random.default_rng(0).standard_normal((2, 64, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        theirs = twin.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(model(images, train=False), theirs, rtol=1e-4,
+                               atol=1e-4 * np.abs(theirs).max())
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")

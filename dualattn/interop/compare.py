@@ -1,6 +1,7 @@
 """Numerics of our JAX network against its PyTorch twin on the same weights.
 
     python -m dualattn.interop.compare --config configs/market.py [--weights FILE] [--steps 3]
+    python -m dualattn.interop.compare --workdir runs/market
 
 Both frameworks run in true f32 (TF32 off on both sides, XLA at HIGHEST precision) on the same
 weights and the same input batch (P identities x K images, random pixels). Printed, as the
@@ -33,10 +34,11 @@ gradients' rounding becomes a large relative change of that element's step. The 
 alone" feeds torch's own gradients to our optax chain and shows the two optimizers agree to
 float rounding, which isolates this.
 
-Without ``--weights`` the network starts from its initialisation with every path opened
-(random BN statistics, attention gate 0.5, a larger classifier) so that nothing hides behind a
-zero. A ``--weights`` file is either a full state dict of the twin (ours converted, or a
-PyTorch ReID checkpoint in the twin's names) or a torchvision/timm backbone.
+``--workdir W`` compares a run's final model (with the config it saved, unless ``--config``
+is given). Without it or ``--weights`` the network starts from its initialisation with every
+path opened (random BN statistics, attention gate 0.5, a larger classifier) so that nothing
+hides behind a zero. A ``--weights`` file is either a full state dict of the twin (ours
+converted, or a PyTorch ReID checkpoint in the twin's names) or a torchvision/timm backbone.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from dualattn.losses import objective
 from dualattn.models import ReIDNet
 from dualattn.optim import create_optimizer
 from dualattn.pretrained import load_backbone_weights
-from dualattn.state import create_model
+from dualattn.state import create_model, load_model
 
 ZERO_GRADIENT = ("attention.key_bn.bias", "attention.value_bn.bias")
 
@@ -319,12 +321,20 @@ def set_true_f32() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
-def build_pair(config, num_classes: int, weights: str = "", device: str = "cpu"):
-    """``(model, twin, description)`` on the same weights, from ``weights`` or initialisation."""
+def build_pair(config, num_classes: int, weights: str = "", device: str = "cpu",
+               workdir: str | None = None):
+    """``(model, twin, description)`` on the same weights: a run's final model (``workdir``),
+    a weights file, or the initialisation with every path opened."""
     f32 = config.copy_and_resolve_references()
     f32.model.dtype = "float32"
-    model = create_model(f32, num_classes)  # as the trainer builds it, in f32
     model_cfg = f32.model.to_dict()
+    if workdir:
+        loaded = load_model(f32, workdir, "latest")
+        model = nnx.merge(loaded.graphdef, loaded.state)
+        num_classes = model.classifier.kernel.shape[-1]
+        how = f"the final model of {workdir} (step {loaded.step})"
+        return model, twin_of(model, model_cfg, num_classes, device), how
+    model = create_model(f32, num_classes)  # as the trainer builds it, in f32
     if not weights:
         exercise_all_paths(model, config.seed)
         how = "initialisation with every path opened (BN statistics, attention gate 0.5)"
@@ -345,7 +355,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    cli.define_config_flag("Model, loss and optimizer settings.")
+    cli.define_config_flag("Model, loss and optimizer settings (default with --workdir: the "
+                           "run's saved config).")
+    cli.define_workdir_flag("A run whose final model both frameworks load.")
     flags.DEFINE_string("weights", "", "A .pth/.safetensors state dict: the twin's (full model) "
                         "or a torchvision/timm backbone. Default: initialisation.")
     flags.DEFINE_integer("num_classes", None, "Classifier size (default: the weights file's, "
@@ -369,7 +381,8 @@ def main(argv):
             if "classifier.weight" in sd:
                 num_classes = sd["classifier.weight"].shape[0]
     p, k = FLAGS.p or config.input.p, FLAGS.k or config.input.k
-    model, twin, how = build_pair(config, num_classes, FLAGS.weights, FLAGS.torch_device)
+    model, twin, how = build_pair(config, num_classes, FLAGS.weights, FLAGS.torch_device,
+                                  FLAGS.workdir)
     images, labels = pk_batch(p, k, config.input.height, config.input.width, config.seed)
     print(f"weights: {how}\nbatch: {p} ids x {k} images at {config.input.height}x"
           f"{config.input.width}; JAX on {jax.devices()[0].platform}, torch on "
