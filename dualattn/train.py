@@ -189,7 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore_latest(state)
         start_step, best_map = meta["step"], meta["best_mAP"]
-        print(f"resumed from step {start_step} (best mAP so far {best_map:.4f})")
+        print(f"resumed from step {start_step} ("
+              + (f"best test mAP so far {100 * best_map:.2f} %)" if best_map >= 0
+                 else "not evaluated yet)"))
     if jax.process_index() == 0:  # after the restore: a mismatching config never replaces it
         saved.save(config, workdir)
 
