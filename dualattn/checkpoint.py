@@ -23,6 +23,9 @@ from dualattn.errors import UserError
 # The saved state is nnx.state((model, optimizer)): the model's variables under this key.
 MODEL_KEY = 0
 
+# Why a run has no checkpoint of each kind yet.
+_NOT_YET = {"latest": "the run has not saved yet", "best": "the run has not evaluated yet"}
+
 
 class CheckpointMismatchError(UserError, ValueError):
     """The checkpoint does not fit the model being built (another config wrote it)."""
@@ -169,8 +172,7 @@ class Checkpointer:
         sharded like ``target`` (a model state, arrays or ShapeDtypeStructs); the optimizer's
         moments are not read. Returns ``(model state, metadata)``."""
         manager = self._manager(which)
-        step = self._step(manager, "the run has not saved yet" if which == "latest"
-                          else "the run has not evaluated yet")
+        step = self._step(manager, _NOT_YET[which])
         reader = ocp.CheckpointManager(
             manager.directory, options=ocp.CheckpointManagerOptions(create=False),
             item_handlers={"state": ocp.PyTreeCheckpointHandler(),
@@ -197,10 +199,10 @@ class Checkpointer:
         return restored.state[MODEL_KEY], restored.meta
 
     def restore_latest(self, target) -> tuple[Any, dict]:
-        return self._restore(self.latest, target, "the run has not saved yet")
+        return self._restore(self.latest, target, _NOT_YET["latest"])
 
     def restore_best(self, target) -> tuple[Any, dict]:
-        return self._restore(self.best, target, "the run has not evaluated yet")
+        return self._restore(self.best, target, _NOT_YET["best"])
 
     def wait(self) -> None:
         with self._writing():

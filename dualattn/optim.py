@@ -48,13 +48,13 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.Gradi
 
 
 def _bot_schedule(o, steps_per_epoch: int):
+    # No decay epochs: one that is never reached.
     milestones = jnp.asarray(sorted(o.decay_epochs) or [jnp.iinfo(jnp.int32).max], jnp.int32)
 
     def schedule(step):
         t = jnp.asarray(step, jnp.int32) // steps_per_epoch + 1  # BoT's last_epoch
         alpha = t / max(o.warmup_epochs, 1e-9)
         warm = jnp.where(t < o.warmup_epochs, o.warmup_factor * (1 - alpha) + alpha, 1.0)
-        decays = jnp.sum(milestones <= t) if o.decay_epochs else 0
-        return o.lr * warm * o.decay_factor ** decays
+        return o.lr * warm * o.decay_factor ** jnp.sum(milestones <= t)
 
     return schedule

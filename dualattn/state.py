@@ -43,14 +43,22 @@ def load_pretrained(model: ReIDNet, path: str) -> None:
                   "reproduce that network")
 
 
-def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
-                       steps_per_epoch: int, pretrained: bool = True):
-    """The model (with ``config.pretrained`` backbone weights, if set and ``pretrained``) and
-    its optimizer as ``(graphdef, state, schedule)`` for the jitted steps."""
-    schedule = learning_rate_schedule(config, steps_per_epoch)
+def initial_model(config: ml_collections.ConfigDict, num_classes: int,
+                  pretrained: bool = True) -> ReIDNet:
+    """The network as training starts it: with ``config.pretrained``'s backbone weights if set
+    (and ``pretrained``)."""
     model = create_model(config, num_classes)
     if config.pretrained and pretrained:
         load_pretrained(model, config.pretrained)
+    return model
+
+
+def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                       steps_per_epoch: int, pretrained: bool = True):
+    """``initial_model`` and its optimizer as ``(graphdef, state, schedule)`` for the jitted
+    steps."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    model = initial_model(config, num_classes, pretrained)
     optimizer = nnx.Optimizer(model, create_optimizer(config, schedule), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, schedule
@@ -93,10 +101,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str | Path,
 
 
 def untrained_model(config: ml_collections.ConfigDict, num_classes: int) -> InferenceModel:
-    """The network as training starts it (with ``config.pretrained`` if set): a baseline."""
-    model = create_model(config, num_classes)
-    if config.pretrained:
-        load_pretrained(model, config.pretrained)
-    graphdef, state = nnx.split(model)
+    """``initial_model``, replicated for the feature extractor: a baseline."""
+    graphdef, state = nnx.split(initial_model(config, num_classes))
     _, replicated = data_parallel_shardings()
     return InferenceModel(0, graphdef, jax.device_put(state, replicated))

@@ -166,16 +166,23 @@ def test_msmt17_builder_reads_list_files_of_v1_and_v2(market_dir, tmp_path, dirs
     assert sorted(set(split_column(sources["train"], "label"))) == list(range(6))
 
 
+def assert_list_problems_named(name, root, list_file, line, missing, malformed, data_dir):
+    """Lines ``line`` and ``line + 1`` (1-based) of ``list_file`` become an image that does not
+    exist and a line that does not parse: ``prepare`` names both by file and line."""
+    lines = (root / list_file).read_text().splitlines()
+    lines[line - 1], lines[line] = missing, malformed
+    (root / list_file).write_text("\n".join(lines))
+    with pytest.raises(DatasetLayoutError, match=rf"(?s)2 problem.*{list_file}:{line}:.*does "
+                                                 rf"not exist.*{list_file}:{line + 1}: expected"):
+        prepare(name, root, data_dir)
+
+
 def test_msmt17_list_problems_name_file_and_line(market_dir, tmp_path):
     root = tmp_path / "MSMT17"
     write_msmt17(market_dir, root)
-    lines = (root / "list_query.txt").read_text().splitlines()
-    lines[1] = "0001/missing_000_01_x_0001_0.jpg 1"
-    lines[2] = "just-a-path.jpg"
-    (root / "list_query.txt").write_text("\n".join(lines))
-    with pytest.raises(DatasetLayoutError, match=r"(?s)2 problem.*list_query.txt:2:.*"
-                                                 r"does not exist.*list_query.txt:3: expected"):
-        prepare("msmt17", root, tmp_path / "data")
+    assert_list_problems_named("msmt17", root, "list_query.txt", 2,
+                               "0001/missing_000_01_x_0001_0.jpg 1", "just-a-path.jpg",
+                               tmp_path / "data")
 
 
 @pytest.mark.filterwarnings("ignore:CUHK03-NP")
@@ -236,13 +243,8 @@ def test_custom_list_layout_reads_a_users_own_dataset(market_dir, tmp_path):
 def test_custom_list_problems_name_file_and_line(market_dir, tmp_path):
     root = tmp_path / "mine"
     write_custom(market_dir, root)
-    lines = (root / "gallery.txt").read_text().splitlines()
-    lines[2] = "images/gallery/nope.jpg 3 0"
-    lines[3] = "images/gallery/person1_1.jpg 3"
-    (root / "gallery.txt").write_text("\n".join(lines))
-    with pytest.raises(DatasetLayoutError, match=r"(?s)2 problem.*gallery.txt:3:.*does not "
-                                                 r"exist.*gallery.txt:4: expected"):
-        prepare("custom", root, tmp_path / "data")
+    assert_list_problems_named("custom", root, "gallery.txt", 3, "images/gallery/nope.jpg 3 0",
+                               "images/gallery/person1_1.jpg 3", tmp_path / "data")
     (root / "query.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="query.txt"):
         prepare("custom", root, tmp_path / "data")
