@@ -104,7 +104,7 @@ def run_jax(config, steps: int, warmup: int) -> dict:
 def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bool) -> dict:
     import torch
 
-    from dualattn.interop.compare import torch_reid_loss
+    from dualattn.interop.traces import torch_reid_loss
     from dualattn.interop.torch_model import TorchReIDNet
 
     cuda = torch.cuda.is_available()

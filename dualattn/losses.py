@@ -1,7 +1,7 @@
 """ReID training losses: label-smoothed cross-entropy and batch-hard triplet.
 
 All functions are pure and jittable, reduce to a scalar mean over the batch, and compute in
-f32. They follow the definitions used by BoT / torchreid / fast-reid, so numbers can be
+f32 (in f64 for f64 inputs: the numerics comparison's ground truth). They follow the definitions used by BoT / torchreid / fast-reid, so numbers can be
 compared with those code bases directly.
 """
 
@@ -11,6 +11,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
 
 # Squared distances below this are clamped before the square root: sqrt has an infinite
 # derivative at 0 (the diagonal, or two identical features in a batch).
@@ -23,21 +27,21 @@ def cross_entropy_label_smooth(logits: jax.Array, labels: jax.Array, eps: float 
     This is Szegedy et al.'s label smoothing as written in torchreid and BoT (the uniform part
     includes the true class). ``eps=0`` is the plain cross-entropy.
     """
-    logits = logits.astype(jnp.float32)
+    logits = _at_least_f32(logits)
     num_classes = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
     targets = (1.0 - eps) * targets + eps / num_classes
     return jnp.mean(-jnp.sum(targets * log_probs, axis=-1))
 
 
 def pairwise_euclidean(x: jax.Array) -> jax.Array:
-    """True Euclidean distances between the rows of x, ``sqrt(max(d2, 1e-12))``, f32.
+    """True Euclidean distances between the rows of x, ``sqrt(max(d2, 1e-12))``, in >= f32.
 
     Uses the ``|a|^2 + |b|^2 - 2ab`` expansion (one matmul) like BoT; the clamp keeps both the
     value and the gradient finite when two rows coincide.
     """
-    x = x.astype(jnp.float32)
+    x = _at_least_f32(x)
     sq = jnp.sum(x * x, axis=1)
     d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
     return jnp.sqrt(jnp.maximum(d2, MIN_SQUARED_DISTANCE))
@@ -92,7 +96,7 @@ def reid_loss(logits: jax.Array, features: jax.Array, labels: jax.Array, *,
     ``logits`` come from the BNNeck'd feature and ``features`` are the feature before it, as
     the model's train-mode output provides them. A zero weight skips that term entirely.
     """
-    zero = jnp.zeros((), jnp.float32)
+    zero = jnp.zeros((), jnp.promote_types(logits.dtype, jnp.float32))
     ce = cross_entropy_label_smooth(logits, labels, label_smoothing) if ce_weight else zero
     tri = triplet_hard(features, labels, margin) if triplet_weight else zero
     return LossParts(total=ce_weight * ce + triplet_weight * tri, cross_entropy=ce, triplet=tri)

@@ -1,8 +1,8 @@
 """The two attention modules of the paper: channel attention (SE) and spatial self-attention.
 
 Both work on NHWC feature maps. Parameters are kept in ``param_dtype`` (f32); the arithmetic
-runs in ``dtype`` (f32 or bf16), except the softmax of the self-attention, which always runs
-in f32 because its logits grow with sqrt(d_k) and bf16 keeps only 8 mantissa bits.
+runs in ``dtype`` (f32 or bf16), except the softmax of the self-attention, which runs in at
+least f32 because its logits grow with sqrt(d_k) and bf16 keeps only 8 mantissa bits.
 """
 
 from __future__ import annotations
@@ -78,13 +78,14 @@ class SpatialSelfAttention(nnx.Module):
         self.alpha = nnx.Param(jnp.zeros((), param_dtype))
 
     def attention_map(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """softmax(Q K^T / sqrt(d_k)) over keys, shape (B, N, N), in f32."""
+        """softmax(Q K^T / sqrt(d_k)) over keys, shape (B, N, N), in f32 (f64 for f64)."""
         q = self.query_bn(self.query_conv(x), use_running_average=not train)
         k = self.key_bn(self.key_conv(x), use_running_average=not train)
         b, h, w, _ = x.shape
         q = q.reshape(b, h * w, self.key_channels)
         k = k.reshape(b, h * w, self.key_channels)
-        logits = jnp.einsum("bid,bjd->bij", q, k, preferred_element_type=jnp.float32)
+        wide = jnp.promote_types(q.dtype, jnp.float32)
+        logits = jnp.einsum("bid,bjd->bij", q, k, preferred_element_type=wide)
         return jax.nn.softmax(logits / math.sqrt(self.key_channels), axis=-1)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -11,7 +11,8 @@ Outputs:
 - eval mode: the test feature, after the BNNeck by default (``test_feature="after"``) or before
   it (``"before"``). Without a BNNeck both names mean the pooled feature.
 
-The head (pooling, BNNeck, classifier) always runs in f32, whatever the backbone's dtype.
+The head (pooling, BNNeck, classifier) runs in f32 for a bf16 or f32 backbone, and in f64
+for an f64 one (the numerics comparison's ground truth).
 ``conv_general_dilated`` is passed to every convolution (``nnx.Conv``'s hook; the trainer
 gives ``dualattn.cpu_schedule``'s on the CPU).
 """
@@ -33,13 +34,18 @@ TEST_FEATURES = ("after", "before")
 
 
 class ReIDOutput(NamedTuple):
-    features: jax.Array  # (B, D) f32, before the BNNeck: the triplet loss's input
-    logits: jax.Array  # (B, num_classes) f32: the cross-entropy's input
+    features: jax.Array  # (B, D) at least f32, before the BNNeck: the triplet loss's input
+    logits: jax.Array  # (B, num_classes) at least f32: the cross-entropy's input
 
 
 def _as_dtype(dtype) -> jnp.dtype:
     """Accept ``jnp.bfloat16`` or the config-friendly string ``"bfloat16"``."""
     return jnp.dtype(dtype)
+
+
+def at_least_f32(dtype) -> jnp.dtype:
+    """f32 for bf16 and f32, the dtype itself when it is wider (f64)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 class ReIDNet(nnx.Module):
@@ -56,6 +62,7 @@ class ReIDNet(nnx.Module):
             raise ValueError(f"test_feature must be one of {TEST_FEATURES}, got {test_feature!r}")
         dtype, param_dtype = _as_dtype(dtype), _as_dtype(param_dtype)
         self.test_feature = test_feature
+        self.head_dtype = at_least_f32(dtype)
         self.backbone = ResNet(stage_sizes=tuple(stage_sizes), width=width,
                                last_stride=last_stride, use_se=use_se,
                                se_reduction=se_reduction, dtype=dtype, param_dtype=param_dtype,
@@ -67,11 +74,11 @@ class ReIDNet(nnx.Module):
                                                rngs=rngs)
                           if use_sa else None)
         # BNNeck: BoT freezes the BN bias at zero, which is the same as having none.
-        self.bottleneck = (batch_norm(self.feature_dim, use_bias=False, dtype=jnp.float32,
+        self.bottleneck = (batch_norm(self.feature_dim, use_bias=False, dtype=self.head_dtype,
                                       param_dtype=param_dtype, rngs=rngs)
                            if bnneck else None)
         self.classifier = nnx.Linear(self.feature_dim, num_classes, use_bias=False,
-                                     dtype=jnp.float32, param_dtype=param_dtype,
+                                     dtype=self.head_dtype, param_dtype=param_dtype,
                                      kernel_init=nnx.initializers.normal(0.001), rngs=rngs)
 
     def feature_map(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -84,7 +91,7 @@ class ReIDNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool,
                  feature: str | None = None) -> ReIDOutput | jax.Array:
         """``feature`` ("after"/"before") overrides ``test_feature`` for this eval-mode call."""
-        pooled = jnp.mean(self.feature_map(x, train=train).astype(jnp.float32), axis=(1, 2))
+        pooled = jnp.mean(self.feature_map(x, train=train).astype(self.head_dtype), axis=(1, 2))
         neck = pooled
         if self.bottleneck is not None:
             neck = self.bottleneck(pooled, use_running_average=not train)
