@@ -127,6 +127,11 @@ def main(argv):
         print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``dualattn-embed`` console script: ``python -m dualattn.embed``."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

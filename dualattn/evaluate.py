@@ -195,6 +195,11 @@ def main(argv):
         print("wrote", attention_png(config, run, FLAGS.attention, figures / "attention.png"))
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``dualattn-evaluate`` console script: ``python -m dualattn.evaluate``."""
     define_flags()
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -270,7 +270,13 @@ def main(argv):
 
 FLAGS = cli.FLAGS
 
-if __name__ == "__main__":
+
+def command() -> None:
+    """The ``dualattn-train`` console script: ``python -m dualattn.train``."""
     cli.define_config_flag("Training configuration file.")
     cli.define_workdir_flag("Directory for checkpoints and metrics.")
     cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

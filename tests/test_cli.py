@@ -35,6 +35,10 @@ def test_compare_refuses_a_file_that_is_not_weights(tmp_path):
     proc = run_command("dualattn.interop.compare", "--config", "configs/tiny.py",
                        f"--weights={tmp_path / 'model.pth'}")
     assert_one_error_line(proc, "not in torch's zip format")
+    (tmp_path / "model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"w\"")
+    proc = run_command("dualattn.interop.compare", "--config", "configs/tiny.py",
+                       f"--weights={tmp_path / 'model.safetensors'}")
+    assert_one_error_line(proc, "is not a complete .safetensors file")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -50,3 +54,25 @@ def test_an_unexpected_argument_is_one_line(tmp_path):
     proc = run_command("dualattn.evaluate", "--config", "configs/tiny.py", "--workdir",
                        str(tmp_path), "stray")
     assert_one_error_line(proc, "unexpected arguments ['stray']")
+
+
+def test_console_scripts_are_the_modules_commands():
+    """``pip install`` puts a ``dualattn-*`` command beside each ``python -m`` entry point;
+    each is that module's ``command``, and runs like it."""
+    import shutil
+    import subprocess
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e for e in entry_points(group="console_scripts")
+               if e.name.startswith("dualattn-")}
+    assert set(scripts) == {"dualattn-train", "dualattn-evaluate", "dualattn-embed",
+                            "dualattn-convert", "dualattn-compare"}
+    for name, entry in scripts.items():
+        command = name.removeprefix("dualattn-")
+        package = "dualattn.interop" if command in ("convert", "compare") else "dualattn"
+        assert entry.value == f"{package}.{command}:command"
+        assert callable(entry.load())
+    proc = subprocess.run([shutil.which("dualattn-compare"), "--config", "configs/tiny.py",
+                           "--config.model.dtype=float16"], capture_output=True, text=True,
+                          timeout=300)
+    assert_one_error_line(proc, "compare runs float32 or bfloat16")

@@ -78,6 +78,27 @@ def test_not_a_zip_or_missing(tmp_path):
         read_state_dict(tmp_path / "nope.pth")
 
 
+@pytest.mark.parametrize("cut", [4, 20, 100])
+def test_truncated_safetensors_is_a_weights_error(tmp_path, cut):
+    """A file cut short (an interrupted download or copy) is refused by name, whether the cut
+    falls in the header or in the tensors; the original round-trips, bfloat16 included."""
+    import ml_dtypes
+
+    from dualattn.interop.files import write_safetensors
+
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4),
+              "scale": np.asarray(2.0, np.float32), "b": np.ones(3, ml_dtypes.bfloat16)}
+    write_safetensors(tmp_path / "full.safetensors", arrays)
+    back = read_state_dict(tmp_path / "full.safetensors")
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name], value)
+    raw = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[:cut] if cut < 50 else raw[:-cut // 10])
+    with pytest.raises(WeightsFileError, match="is not a complete .safetensors file"):
+        read_state_dict(tmp_path / "cut.safetensors")
+
+
 @pytest.mark.parametrize("with_se", [False, True])
 def test_torchvision_weights_land_in_the_backbone(tmp_path, with_se):
     sd = torchvision_state_dict(with_se=with_se)

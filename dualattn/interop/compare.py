@@ -441,6 +441,11 @@ def main(argv):
     print(report.format())
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The ``dualattn-compare`` console script: ``python -m dualattn.interop.compare``."""
     define_flags()
     cli.run(main, distributed=False)
+
+
+if __name__ == "__main__":
+    command()

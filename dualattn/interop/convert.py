@@ -91,8 +91,14 @@ def main(argv):
 
 FLAGS = flags.FLAGS
 
-if __name__ == "__main__":
+
+def command() -> None:
+    """The ``dualattn-convert`` console script: ``python -m dualattn.interop.convert``."""
     cli.define_config_flag("The model's configuration file.")
     flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to export: "
                       "the final model, or the one with the best test mAP.")
     cli.run(main, positional=True)
+
+
+if __name__ == "__main__":
+    command()

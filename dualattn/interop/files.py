@@ -1,6 +1,6 @@
 """Weight files read and written without torch and without executing pickled code.
 
-- ``.safetensors``: an 8-byte header length, a JSON header, raw little-endian tensors.
+- ``.safetensors``: through the ``safetensors`` package (which reads no code either).
 - ``.pth`` / ``.pt`` / ``.bin`` (torch's zip format): ``data.pkl`` is unpickled with a
   whitelist of exactly the constructors a tensor state dict needs (``OrderedDict``, torch's
   ``_rebuild_tensor_v2`` / ``_rebuild_parameter`` and the typed storages); anything else, e.g. a
@@ -12,14 +12,14 @@ Writing ``.pth`` needs torch (imported only then); ``.safetensors`` does not.
 
 from __future__ import annotations
 
-import json
 import pickle
-import struct
 import zipfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
+from safetensors import SafetensorError
 
 from dualattn.errors import UserError
 
@@ -27,12 +27,6 @@ from dualattn.errors import UserError
 class WeightsFileError(UserError, ValueError):
     """The weights file cannot be used; the message says why and what to do."""
 
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
@@ -43,44 +37,20 @@ _STORAGE_DTYPES = {
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    raw = path.read_bytes()
+    """The arrays of a .safetensors file (through the ``safetensors`` package)."""
     try:
-        (header_len,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + header_len])
-    except (struct.error, ValueError) as e:
-        raise WeightsFileError(f"{path} is not a valid .safetensors file ({e})") from e
-    body = memoryview(raw)[8 + header_len:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise WeightsFileError(f"{path}: tensor {name} has unsupported dtype "
-                                         f"{info['dtype']}")
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-        out[name] = arr.reshape(info["shape"]).copy()
-    return out
+        return dict(safetensors.numpy.load_file(str(path)))
+    except (SafetensorError, ValueError, TypeError, KeyError) as e:
+        raise WeightsFileError(f"{path} is not a complete .safetensors file ({e}); export or "
+                               "download it again") from e
 
 
 def write_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as a .safetensors file (atomically: a temporary file, then a rename)."""
-    codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
-    header, offset, blobs = {}, 0, []
-    for name, value in arrays.items():
-        value = np.asarray(value)  # not ascontiguousarray: it turns scalars into shape (1,)
-        blob = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        header[name] = {"dtype": codes[value.dtype], "shape": list(value.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format aligns the body to 8 bytes
+    """Write ``arrays`` as a .safetensors file (atomically: a temporary file, then a rename,
+    so an interrupted write never leaves a truncated file under ``path``)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head)
-        for blob in blobs:
-            f.write(blob)
+    safetensors.numpy.save_file({name: np.require(np.asarray(value), requirements="C")
+                                 for name, value in arrays.items()}, str(tmp))
     tmp.replace(path)
 
 
