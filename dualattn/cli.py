@@ -1,9 +1,9 @@
 """The command line shared by every entry point (train, evaluate, embed, compare, convert).
 
 ``run(main)`` starts an absl app with our flag parser and turns every error a user can cause
-into one line: bad flags and unknown config keys as ``FATAL ...``, the rest as ``error: ...``
-(usage errors, ``dualattn.errors.UserError`` and the dataset builders' ``DatasetLayoutError``),
-with exit status 1 and that line last on stderr. Before ``main`` runs, the process gets our XLA:CPU
+into one ``error: ...`` line (bad flags, unknown config keys, a config file that does not
+load, usage errors, ``dualattn.errors.UserError`` and the dataset builders'
+``DatasetLayoutError``), with exit status 1 and that line last on stderr. Before ``main`` runs, the process gets our XLA:CPU
 flags (``dualattn.xla_flags``), quiet library logging and, in a multi-process launch, its place
 in the distributed run.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging as logging_std
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,14 +77,38 @@ def parse_flags(argv: list[str]) -> list[str]:
     saved config stands in for a missing ``--config`` (``with_saved_config``)."""
     argv = with_saved_config(argv)
     try:
-        return FLAGS(argv)
+        rest = FLAGS(argv)
     except flags.Error as e:  # wrong type or malformed value
-        raise SystemExit(f"FATAL flags parsing error: {e}") from None
+        raise SystemExit(f"error: bad flag value: {' '.join(str(e).split())}") from None
     except AttributeError as e:  # raised by ConfigDict for an unknown --config.* key
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        key = str(e).strip("'\"")
-        raise SystemExit(f"FATAL unknown config key '{key}' in {' '.join(overrides)}; every key "
-                         "and its default is listed in configs/common.py") from None
+        raise SystemExit(unknown_key_message(str(e), argv)) from None
+    check_config_loaded()
+    return rest
+
+
+def unknown_key_message(error: str, argv: list[str]) -> str:
+    """ConfigDict's unknown-key error (a quoted key, perhaps with a suggestion) as one line."""
+    overrides = " ".join(a.split("=")[0] for a in argv if a.startswith("--config."))
+    key = re.search(r"[A-Za-z_][A-Za-z0-9_]*", error)
+    suggestion = re.search(r'Did you mean "([^"]+)"', error)
+    return (f"error: unknown config key '{key.group(0) if key else error}' in {overrides}"
+            + (f' (did you mean "{suggestion.group(1)}"?)' if suggestion else "")
+            + "; every key and its default is listed in configs/common.py")
+
+
+def check_config_loaded() -> None:
+    """ml_collections defers a config file's load failure (missing file, error in it) to the
+    first use of the config; report it now, in one line."""
+    if "config" not in FLAGS or FLAGS["config"].value is None:
+        return
+    try:
+        FLAGS["config"].value.keys()
+    except OSError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise SystemExit(f"error: cannot load the config file {FLAGS['config'].config_filename} "
+                         f"({reason}); "
+                         "pass --config=configs/NAME.py (configs/ holds the shipped ones)"
+                         ) from None
 
 
 def initialize_distributed() -> None:
