@@ -27,8 +27,8 @@ from data_pipeline.input_pipeline import decode_resize
 from dualattn import cli
 from dualattn.augment import normalize
 from dualattn.data import Data, load_data
-from dualattn.evaluation import (distance_matrix, make_eval_fn, query_gallery_features,
-                                 score_features)
+from dualattn.evaluation import (RATES, coverage, distance_matrix, make_eval_fn,
+                                 query_gallery_features, score_features)
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import load_model, untrained_model
 from dualattn.visualize import attention_figure, ranked_list_figure
@@ -144,12 +144,15 @@ def attention_png(config, run: Run, n: int, out: Path) -> Path:
 
 
 def format_table(rows: list[tuple[str, int, dict]]) -> str:
-    keys = ("rank1", "rank5", "rank10", "mAP", "mINP")
+    """The rows' rates side by side, and how many queries they cover (the same test split for
+    every row)."""
+    keys = RATES
     width = max(12, *(len(name) + 2 for name, _, _ in rows))
     head = f"{'checkpoint':<{width}}{'step':>8}" + "".join(f"{k:>9}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, step, m in rows:
         lines.append(f"{name:<{width}}{step:>8}" + "".join(f"{100 * m[k]:>8.2f}%" for k in keys))
+    lines.append(coverage(rows[0][2]))
     return "\n".join(lines)
 
 

@@ -77,16 +77,34 @@ def distance_matrix(q: np.ndarray, g: np.ndarray, config,
     return np.asarray(compute_distance_matrix(q, g, e.metric))
 
 
+# The rates of a result (fractions); its counts are "valid_queries" of "queries".
+RATES = ("rank1", "rank5", "rank10", "mAP", "mINP")
+
+
+def describe(result: dict) -> str:
+    """One line: the rates in percent, then how many queries could be scored. A query whose
+    identity has no image in the gallery from another camera has no valid match, and the
+    rates are over the others (the standard protocol), so the count says what they cover."""
+    return ("  ".join(f"{k} {100 * result[k]:.2f}%" for k in RATES)
+            + f"  ({coverage(result)})")
+
+
+def coverage(result: dict) -> str:
+    return f"{result['valid_queries']} of {result['queries']} queries have a valid match"
+
+
 def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
                    rerank: bool | None = None) -> dict:
     """Rank-1/5/10, mAP and mINP (fractions) of query features ``q`` against gallery
-    features ``g`` (``config.eval``'s distance, re-ranked if configured or ``rerank``)."""
+    features ``g`` (``config.eval``'s distance, re-ranked if configured or ``rerank``), and
+    how many queries they cover (``valid_queries`` of ``queries``)."""
     dist = distance_matrix(q, g, config, rerank=rerank)
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     r = evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=config.eval.max_rank)
     cmc = r["cmc"]
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
-            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"]}
+            "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"],
+            "valid_queries": r["num_valid_queries"], "queries": r["num_queries"]}
 
 
 def evaluate_model(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:

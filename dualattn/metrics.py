@@ -110,6 +110,7 @@ def _summarise(first_rank, ap, inp, valid, max_rank) -> dict[str, Any]:
         "mAP": float(ap[valid].mean()),
         "mINP": float(inp[valid].mean()),
         "num_valid_queries": num_valid,
+        "num_queries": int(valid.size),
     }
 
 
@@ -118,7 +119,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
     """CMC, mAP and mINP of a (num_query, num_gallery) distance matrix (smaller = closer).
 
     Returns ``{"cmc": float array (max_rank,), "mAP": float, "mINP": float,
-    "num_valid_queries": int}``; values are fractions in [0, 1], not percent. Memory stays at
+    "num_valid_queries": int, "num_queries": int}``; values are fractions in [0, 1], not
+    percent, over the valid queries (those with a true match left in the gallery). Memory stays at
     a few bytes per gallery item per query of one chunk per thread.
     """
     distmat, q_pids, g_pids, q_camids, g_camids = _check_inputs(

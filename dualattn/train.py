@@ -37,7 +37,7 @@ from dualattn import checkpoint, cli, preemption
 from dualattn.augment import AugmentConfig, augment
 from dualattn.data import load_data
 from dualattn.errors import ConfigError, UserError
-from dualattn.evaluation import evaluate_model, make_eval_fn
+from dualattn.evaluation import describe, evaluate_model, make_eval_fn
 from dualattn.losses import objective
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import create_train_state, model_part
@@ -265,7 +265,7 @@ def main(argv):
     except preemption.TrainingStopped as e:
         print(e)
         sys.exit(128 + e.signum)
-    print("final: " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in result.items()))
+    print("final: " + describe(result))
 
 
 FLAGS = cli.FLAGS

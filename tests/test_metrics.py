@@ -18,7 +18,7 @@ def test_hand_computed_protocol():
         # AP: (1/2 + 2/4) / 2 = 0.5 and 1/6;  INP: 2/4 and 1/6
         assert r["mAP"] == pytest.approx((0.5 + 1 / 6) / 2)
         assert r["mINP"] == pytest.approx((0.5 + 1 / 6) / 2)
-        assert r["num_valid_queries"] == 2
+        assert r["num_valid_queries"] == 2 and r["num_queries"] == 3
 
 
 def test_ties_are_broken_by_gallery_index():
@@ -51,6 +51,7 @@ def test_matches_per_query_reference(seed, tie_levels, chunk_size, threads):
     fast = evaluate(*problem, max_rank=20, chunk_size=chunk_size, num_threads=threads)
     ref = evaluate_reference(*problem, max_rank=20)
     assert fast["num_valid_queries"] == ref["num_valid_queries"] < 120  # some skipped
+    assert fast["num_queries"] == ref["num_queries"] == 120
     np.testing.assert_allclose(fast["cmc"], ref["cmc"], rtol=0, atol=1e-12)
     assert fast["mAP"] == pytest.approx(ref["mAP"], rel=1e-12)
     assert fast["mINP"] == pytest.approx(ref["mINP"], rel=1e-12)

@@ -6,6 +6,7 @@ subprocess: signals, exit codes, fake devices and multi-process runs need their 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,6 +145,8 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
     proc = run(command(data_paths, workdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {survivors[-1]}" in proc.stdout
+    (final,) = [line for line in proc.stdout.splitlines() if line.startswith("final: ")]
+    assert re.search(r"mAP \d+\.\d\d%.*\((\d+) of \1 queries have a valid match\)$", final)
     ours, meta = latest_state(data_paths, workdir)
     reference, ref_meta = latest_state(data_paths, straight)
     assert meta["step"] == ref_meta["step"]

@@ -160,6 +160,9 @@ def test_evaluate_scores_best_latest_and_untrained(trained_run, tmp_path):
     assert step == 0 and untrained["mAP"] != best["mAP"]
     table = evaluate.format_table([("best", 12, best)])
     assert "mAP" in table.splitlines()[0] and f"{100 * best['mAP']:.2f}%" in table
+    assert 0 < best["valid_queries"] <= best["queries"]
+    assert table.splitlines()[-1] == (f"{best['valid_queries']} of {best['queries']} queries "
+                                      "have a valid match")
     for which in ("best", "latest"):
         with pytest.raises(checkpoint.CheckpointNotFoundError,
                            match=f"no {which} checkpoint under .*train the run first"):
