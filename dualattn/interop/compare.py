@@ -187,13 +187,17 @@ class Row:
             return None
         return self.ours_ref / max(self.torch_ref, roundoff, self.floor)
 
+    def flagged(self, roundoff: float) -> bool:
+        ratio = self.ratio(roundoff)
+        return ratio is not None and ratio > ROUNDING_FACTOR
+
     def verdict(self, roundoff: float) -> str:
         ratio = self.ratio(roundoff)
         if ratio is None:
             return ""
-        if ratio <= ROUNDING_FACTOR:
-            return f"rounding ({ratio:.2g}x)"
-        return f"CHECK: {ratio:.0f}x torch's error"
+        if self.flagged(roundoff):
+            return f"CHECK: {ratio:.0f}x torch's error"
+        return f"rounding ({ratio:.2g}x)"
 
 
 def row(name: str, ours, theirs, ref=None, note: str = "") -> Row:
@@ -227,7 +231,7 @@ class Report:
         return next(r for r in self.rows + self.explained if r.name.startswith(prefix))
 
     def flagged(self) -> list[Row]:
-        return [r for r in self.rows if r.verdict(self.roundoff).startswith("CHECK")]
+        return [r for r in self.rows if r.flagged(self.roundoff)]
 
     def format(self) -> str:
         def number(v):

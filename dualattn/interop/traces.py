@@ -82,10 +82,11 @@ def _numpy(t) -> np.ndarray:
 
 
 def torch_trace(twin, config, images: np.ndarray, labels: np.ndarray, *, steps: int, lr: float,
-                autocast: torch.dtype | None = None, replay: bool = False):
-    """``(trace, values per channel of each BN)`` of a copy of ``twin`` (its own dtype and
-    device), under ``torch.autocast(dtype=autocast)`` if given."""
-    twin = copy.deepcopy(twin)
+                autocast: torch.dtype | None = None, replay: bool = False,
+                dtype: torch.dtype | None = None, device: str | None = None):
+    """``(trace, values per channel of each BN)`` of a copy of ``twin`` (in ``dtype`` and on
+    ``device`` if given, else its own), under ``torch.autocast(dtype=autocast)`` if given."""
+    twin = copy.deepcopy(twin).to(device=device, dtype=dtype)
     first = next(twin.parameters())
     device, dtype = first.device, first.dtype
     xt = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device, dtype)
@@ -237,6 +238,6 @@ def reference_traces(model: ReIDNet, twin, config, images, labels, *, steps: int
     with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
         wide = float64_model(model, config.model.to_dict(), num_classes)
         ours = jax_trace(wide, config, images, labels, steps=steps, lr=lr, counts=counts)
-    theirs, _ = torch_trace(copy.deepcopy(twin).cpu().double(), config, images, labels,
-                            steps=steps, lr=lr)
+    theirs, _ = torch_trace(twin, config, images, labels, steps=steps, lr=lr,
+                            dtype=torch.float64, device="cpu")
     return ours, theirs
