@@ -94,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.rerank_k2 = 6
     c.eval.rerank_lambda = 0.3
     c.eval.max_rank = 50
+    # Queries drawn with their top-10 gallery images in TensorBoard at each evaluation (0: none).
+    c.eval.ranked_list_queries = 6
 
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 5

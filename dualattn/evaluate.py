@@ -27,11 +27,11 @@ from data_pipeline.input_pipeline import decode_resize
 from dualattn import cli
 from dualattn.augment import normalize
 from dualattn.data import Data, load_data
-from dualattn.evaluation import (RATES, coverage, distance_matrix, make_eval_fn,
-                                 query_gallery_features, score_features)
+from dualattn.evaluation import (RATES, coverage, make_eval_fn, query_gallery_features,
+                                 score_features)
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import load_model, untrained_model
-from dualattn.visualize import attention_figure, ranked_list_figure
+from dualattn.visualize import attention_figure, ranked_lists, spread, thumbnail_size
 
 
 class Run(NamedTuple):
@@ -82,37 +82,12 @@ def evaluate_variants(config, run: Run) -> list[tuple[str, dict]]:
     return rows
 
 
-def _thumbnail_size(config) -> tuple[int, int]:
-    """Input size, shrunk to 128 pixels high for the figures when larger."""
-    h, w = config.input.height, config.input.width
-    return (h, w) if h <= 128 else (128, max(1, round(w * 128 / h)))
-
-
-def _spread(n: int, total: int) -> np.ndarray:
-    """``n`` indices spread evenly over ``range(total)``."""
-    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
-
-
 def ranked_list_png(config, run: Run, n: int, out: Path, top: int = 10,
                     features: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
-    """The top-``top`` gallery images of ``n`` queries, framed green (same identity) or red,
-    as the config's options rank them; same-identity same-camera images are skipped, as the
-    evaluation protocol does. ``features``: the run's (query, gallery) features if at hand."""
+    """``dualattn.visualize.ranked_lists`` of ``n`` queries, saved to ``out``.
+    ``features``: the run's (query, gallery) features if at hand."""
     q, g = run_features(config, run) if features is None else features
-    data = run.data
-    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
-    size = _thumbnail_size(config)
-    picked = _spread(n, len(q))
-    dist = distance_matrix(q, g, config)[picked]  # re-ranking uses every query
-    queries, ranked, correct = [], [], []
-    for row, i in enumerate(picked):
-        order = np.argsort(dist[row], kind="stable")
-        order = order[~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))][:top]
-        queries.append(decode_resize(data.sources["query"][int(i)]["image"], *size))
-        ranked.append([decode_resize(data.sources["gallery"][int(j)]["image"], *size)
-                       for j in order])
-        correct.append(list(g_pids[order] == q_pids[i]))
-    ranked_list_figure(queries, ranked, correct).save(out)
+    ranked_lists(config, run.data, q, g, n, top).save(out)
     return out
 
 
@@ -125,7 +100,7 @@ def attention_png(config, run: Run, n: int, out: Path) -> Path:
         raise ValueError("this model has no self-attention module (model.use_sa=False)")
     size = (config.input.height, config.input.width)
     images = np.stack([decode_resize(data.sources["query"][int(i)]["image"], *size)
-                       for i in _spread(n, len(data.sources["query"]))])
+                       for i in spread(n, len(data.sources["query"]))])
 
     @jax.jit
     def received(state, images):
@@ -135,7 +110,7 @@ def attention_png(config, run: Run, n: int, out: Path) -> Path:
         return attn.mean(axis=1).reshape(fmap.shape[:3])
 
     maps = np.asarray(received(run.state, images))
-    small = _thumbnail_size(config)
+    small = thumbnail_size(config)
     thumbs = np.stack([np.asarray(Image.fromarray(im).resize(small[::-1],
                                                             Image.Resampling.BILINEAR))
                        for im in images])

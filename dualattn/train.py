@@ -37,11 +37,13 @@ from dualattn import checkpoint, cli, preemption
 from dualattn.augment import AugmentConfig, augment
 from dualattn.data import load_data
 from dualattn.errors import ConfigError, UserError
-from dualattn.evaluation import describe, evaluate_model, make_eval_fn
+from dualattn.evaluation import (RATES, describe, evaluate_model, make_eval_fn,
+                                 query_gallery_features, score_features)
 from dualattn.losses import objective
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import create_train_state, model_part
-from dualattn.summary_writer import SummaryWriter
+from dualattn.summary_writer import SummaryWriter, flat_hparams
+from dualattn.visualize import ranked_lists
 
 
 def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
@@ -85,15 +87,28 @@ def make_train_step(config, schedule, aug_cfg: AugmentConfig | None = None):
 class MetricsLog:
     """Rows to ``workdir/metrics.jsonl`` and TensorBoard event files, echoed to stdout.
 
-    Only process 0 writes. TensorBoard tags are ``train/<key>`` and ``eval/<key>``.
+    Only process 0 writes. TensorBoard tags are ``train/<key>`` and ``eval/<key>``, the
+    ranked-list figure ``eval/ranked_lists``; the run's config is its hyperparameters. A
+    resumed run drops what was logged after its checkpoint from both.
     """
 
     def __init__(self, workdir: Path, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
-        self.tensorboard = SummaryWriter(workdir / "tensorboard") if self.enabled else None
+        self.tensorboard = (SummaryWriter(workdir / "tensorboard", purge_step=resume_step + 1)
+                            if self.enabled else None)
         if self.enabled and self.path.exists():
             self._truncate_after(resume_step)
+
+    def hparams(self, config: ml_collections.ConfigDict) -> None:
+        if self.enabled:
+            self.tensorboard.hparams(flat_hparams(config.to_dict()),
+                                     [f"eval/{k}" for k in RATES])
+
+    def figure(self, step: int, tag: str, draw) -> None:
+        """``draw()``'s image under ``tag`` (drawn by process 0 only)."""
+        if self.enabled:
+            self.tensorboard.image(step, tag, draw())
 
     def _truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` by a run that crashed before its next checkpoint:
@@ -198,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step_fn = make_train_step(config, schedule)
     eval_fn = make_eval_fn(config)
     log = MetricsLog(workdir, start_step)
+    log.hparams(config)
     base_rng = jax.random.key(config.seed)
 
     batches = train_dataset(data.sources["train"], data.sampler,
@@ -236,9 +252,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 bar.reset()
                 bar.set_description(f"epoch {epoch + 1}")
             if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
-                result = evaluate_model(eval_fn, *model_part(graphdef, state), data, config,
-                                        batch_sharding)
+                q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data,
+                                              config, batch_sharding)
+                result = score_features(q, g, data, config)
                 log.write("eval", {"step": step, "epoch": epoch, **result})
+                if config.eval.ranked_list_queries:
+                    log.figure(step, "eval/ranked_lists", lambda: ranked_lists(
+                        config, data, q, g, config.eval.ranked_list_queries))
                 if result["mAP"] > best_map:
                     best_map = result["mAP"]
                     ckpt.save_best(step, state, {**result, "num_classes": data.num_classes})

@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_pipeline.input_pipeline import decode_resize
+from dualattn.data import Data
+from dualattn.evaluation import distance_matrix
+
 FRAME = 3  # border width around each retrieved image
 CELL_PAD = 4  # space between cells
 QUERY_GAP = 12  # extra space between the query and its ranked list
@@ -65,3 +69,37 @@ def attention_figure(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -
         fig.paste(Image.fromarray(images[i]), (x, 0))
         fig.paste(Image.fromarray(overlay.astype(np.uint8)), (x + w + CELL_PAD, 0))
     return fig
+
+
+def thumbnail_size(config) -> tuple[int, int]:
+    """Input size, shrunk to 128 pixels high for the figures when larger."""
+    h, w = config.input.height, config.input.width
+    return (h, w) if h <= 128 else (128, max(1, round(w * 128 / h)))
+
+
+def spread(n: int, total: int) -> np.ndarray:
+    """``n`` indices spread evenly over ``range(total)``."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
+def ranked_lists(config, data: Data, q: np.ndarray, g: np.ndarray, n: int,
+                 top: int = 10) -> Image.Image:
+    """``ranked_list_figure`` of ``n`` queries spread over the query split, with their
+    top-``top`` gallery images as the config's options rank the features ``q``, ``g``;
+    same-identity same-camera images are skipped, as the evaluation protocol does."""
+    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
+    size = thumbnail_size(config)
+    picked = spread(n, len(q))
+    if config.eval.rerank:  # re-ranking uses every query
+        dist = distance_matrix(q, g, config)[picked]
+    else:
+        dist = distance_matrix(q[picked], g, config)
+    queries, ranked, correct = [], [], []
+    for row, i in enumerate(picked):
+        order = np.argsort(dist[row], kind="stable")
+        order = order[~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))][:top]
+        queries.append(decode_resize(data.sources["query"][int(i)]["image"], *size))
+        ranked.append([decode_resize(data.sources["gallery"][int(j)]["image"], *size)
+                       for j in order])
+        correct.append(list(g_pids[order] == q_pids[i]))
+    return ranked_list_figure(queries, ranked, correct)

@@ -152,6 +152,17 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
     assert meta["step"] == ref_meta["step"]
     assert_same_state(ours, reference, rtol=1e-6)
     assert [r["step"] for r in rows(workdir)] == [r["step"] for r in rows(straight)]
+    # TensorBoard tells the same story: what the killed runs logged past their checkpoints
+    # is purged by the resumed runs, leaving each step once.
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+    acc.Reload()
+    for kind, key in (("train", "loss"), ("eval", "mAP")):
+        logged = [r for r in rows(workdir) if key in r]
+        events = acc.Scalars(f"{kind}/{key}")
+        assert [e.step for e in events] == [r["step"] for r in logged]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in logged], abs=1e-6)
 
 
 # Biases with an exactly zero true gradient behind the BNNeck (dualattn/interop/compare.py):
