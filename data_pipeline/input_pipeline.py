@@ -23,13 +23,19 @@ from PIL import Image
 from data_pipeline.sampler import PKSampler, process_share
 
 
+def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """A PIL image (any mode) -> uint8 (height, width, 3) RGB, bilinear (torchvision's Resize
+    default): how every image reaches the network."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
 def decode_resize(jpeg: bytes, height: int, width: int) -> np.ndarray:
-    """JPEG bytes -> uint8 (height, width, 3) RGB, bilinear (torchvision's Resize default)."""
+    """JPEG bytes -> ``resize_rgb``."""
     with Image.open(io.BytesIO(jpeg)) as img:
-        img = img.convert("RGB")
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+        return resize_rgb(img, height, width)
 
 
 class _LoadTrainBatch:

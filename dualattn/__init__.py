@@ -1,3 +1,15 @@
 """dualattn: person re-identification in JAX/Flax (SE-ResNet-50 + spatial self-attention)."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``dualattn.FeatureExtractor``, imported on first use: ``import dualattn`` stays light,
+    and the XLA:CPU flags every command sets are set first (they count only before JAX
+    starts its backend)."""
+    if name == "FeatureExtractor":
+        from dualattn import xla_flags
+        xla_flags.prefer_cpu_flags()
+        from dualattn.extractor import FeatureExtractor
+        return FeatureExtractor
+    raise AttributeError(f"module 'dualattn' has no attribute {name!r}")

@@ -6,27 +6,24 @@
 The first writes the test feature of every image under ``DIR`` (recursively; .jpg, .jpeg,
 .png, .bmp; sorted by path) to an ``.npz`` with ``features`` (float32, N x D) and ``paths``
 (relative to ``DIR``, same order). The second prints the ``--top`` gallery images closest to
-the query. Images are resized to the config's input size and batched over every device,
-exactly as evaluation does (same preprocessing, test feature, flip option and
-normalisation; with several processes each decodes its share), using the run's final
-checkpoint unless ``--checkpoint=best``, and the config the run saved unless ``--config``.
+the query. Features come from ``dualattn.FeatureExtractor``: the preprocessing, test feature,
+flip option and normalisation of evaluation, batched over this process's devices, using the
+run's final checkpoint unless ``--checkpoint=best``, and the config the run saved unless
+``--config``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import app, flags
 
 from data_pipeline.datasets.layouts import listing, unreadable_images
 from dualattn import cli
 from dualattn.errors import UserError
-from dualattn.evaluation import extract_features, make_eval_fn
-from dualattn.mesh import data_parallel_shardings
+from dualattn.extractor import FeatureExtractor
 from dualattn.metrics import compute_distance_matrix
-from dualattn.state import InferenceModel, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -47,26 +44,6 @@ def list_images(folder: Path) -> list[Path]:
         raise EmbedError(f"{len(bad)} image(s) cannot be decoded; remove or replace them:"
                          + listing(bad))
     return paths
-
-
-class ImageFiles:
-    """Image files as the records ``extract_features`` reads (bytes, no identity)."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.paths[i].read_bytes(), "pid": -1, "camid": -1}
-
-
-def embed(config, model: InferenceModel, paths: list[Path]) -> np.ndarray:
-    """Test features (N x D float32) of the images at ``paths``, in order."""
-    batch_sharding, _ = data_parallel_shardings()
-    return extract_features(make_eval_fn(config), model.graphdef, model.state,
-                            ImageFiles(paths), config, batch_sharding)
 
 
 def nearest(config, query: np.ndarray, gallery: np.ndarray, top: int) -> tuple[np.ndarray,
@@ -105,9 +82,8 @@ def main(argv):
         if query.suffix.lower() not in IMAGE_SUFFIXES or not query.is_file():
             raise EmbedError(f"--query {query} is not an image file")
         gallery = list_images(Path(FLAGS.gallery))
-        model = load_model(config, FLAGS.workdir, FLAGS.checkpoint)
-        idx, dist = nearest(config, embed(config, model, [query]),
-                            embed(config, model, gallery), FLAGS.top)
+        extract = FeatureExtractor(FLAGS.workdir, config=config, checkpoint=FLAGS.checkpoint)
+        idx, dist = nearest(config, extract([query]), extract(gallery), FLAGS.top)
         print(f"the {len(idx[0])} gallery images closest to {query} "
               f"({config.eval.metric} distance):")
         for rank, (i, d) in enumerate(zip(idx[0], dist[0]), 1):
@@ -117,14 +93,11 @@ def main(argv):
     if not out.parent.is_dir():
         raise EmbedError(f"--out {out}: folder {out.parent} does not exist")
     paths = list_images(folder)
-    model = load_model(config, FLAGS.workdir, FLAGS.checkpoint)
-    feats = embed(config, model, paths)  # every process holds all of them
-    if jax.process_index() == 0:
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(tmp, features=feats.astype(np.float32),
-                 paths=np.array([str(p.relative_to(folder)) for p in paths]))
-        tmp.replace(out)
-        print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
+    feats = FeatureExtractor(FLAGS.workdir, config=config, checkpoint=FLAGS.checkpoint)(paths)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, features=feats, paths=np.array([str(p.relative_to(folder)) for p in paths]))
+    tmp.replace(out)
+    print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
 
 
 def command() -> None:

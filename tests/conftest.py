@@ -49,3 +49,25 @@ def market_sources(market_dir, tmp_path_factory):
         builder = prepare("market1501", market_dir, tmp_path_factory.mktemp("tfds"),
                           verbose=False)
     return data_sources(builder)
+
+
+@pytest.fixture(scope="session")
+def data_paths(tmp_path_factory):
+    """(raw folder, prepared folder) of the tiny config's dataset, generated on first use."""
+    root = tmp_path_factory.mktemp("tiny")
+    return root / "raw", root / "tfds"
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_paths, tmp_path_factory):
+    """(config, workdir) of a finished two-epoch tiny run."""
+    import warnings
+
+    from dualattn import train
+    from tests.helpers import tiny_config
+
+    c, workdir = tiny_config(data_paths, epochs=2), tmp_path_factory.mktemp("run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # counts differ from the published Market-1501
+        train.train_and_evaluate(c, workdir)
+    return c, workdir

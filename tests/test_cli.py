@@ -66,7 +66,7 @@ def test_console_scripts_are_the_modules_commands():
     scripts = {e.name: e for e in entry_points(group="console_scripts")
                if e.name.startswith("dualattn-")}
     assert set(scripts) == {"dualattn-train", "dualattn-evaluate", "dualattn-embed",
-                            "dualattn-convert", "dualattn-compare"}
+                            "dualattn-convert", "dualattn-compare", "dualattn-export"}
     for name, entry in scripts.items():
         command = name.removeprefix("dualattn-")
         package = "dualattn.interop" if command in ("convert", "compare") else "dualattn"

@@ -3,7 +3,6 @@
 import functools
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ from data_pipeline.datasets import read_columns
 from dualattn import checkpoint, embed, evaluate, train, visualize
 from dualattn.data import load_data
 from dualattn.evaluation import eval_step
+from dualattn.extractor import FeatureExtractor
 from dualattn.interop.compare import build_pair
 from dualattn.interop.convert import ConversionError, export_run, import_state_dict
 from dualattn.interop.files import WeightsFileError, read_state_dict, write_safetensors
@@ -27,12 +27,6 @@ from dualattn.optim import learning_rate_schedule
 from dualattn.state import create_train_state, load_model
 from tests.helpers import (assert_one_error_line, read_rows, run_command, tiny_config,
                            torchvision_state_dict)
-
-
-@pytest.fixture(scope="module")
-def data_paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return root / "raw", root / "tfds"
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
@@ -55,9 +49,14 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
         assert key in train_rows[-1]
     event_accumulator = pytest.importorskip(
         "tensorboard.backend.event_processing.event_accumulator")
-    acc = event_accumulator.EventAccumulator(str(straight / "tensorboard"))
+    acc = event_accumulator.EventAccumulator(str(straight / "tensorboard"),
+                                             size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/mAP")] == [r["step"] for r in eval_rows]
+    figures = acc.Images("eval/ranked_lists")  # one ranked-list figure per evaluation
+    assert [e.step for e in figures] == [r["step"] for r in eval_rows]
+    assert figures[-1].height > 0 and figures[-1].width > figures[-1].height
+    assert b"optim.lr" in acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert acc.Scalars("train/loss")[-1].value == pytest.approx(train_rows[-1]["loss"], abs=1e-6)
     losses = [r["loss"] for r in train_rows]
     assert np.mean(losses[-4:]) < np.mean(losses[:4])  # it learns
@@ -136,16 +135,6 @@ def test_bot_schedule_is_reid_strong_baselines_per_epoch_rate():
         for step in (7 * epoch, 7 * epoch + 6):  # constant within the epoch
             assert float(schedule(np.uint32(step))) == approx(expected), (epoch, step)
     assert float(schedule(0)) == approx(3.815e-5)
-
-
-@pytest.fixture(scope="module")
-def trained_run(data_paths, tmp_path_factory):
-    """(config, workdir) of a finished two-epoch tiny run."""
-    c, workdir = tiny_config(data_paths, epochs=2), tmp_path_factory.mktemp("run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # counts differ from the published Market-1501
-        train.train_and_evaluate(c, workdir)
-    return c, workdir
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
@@ -324,8 +313,7 @@ def test_embed_a_folder_matches_evaluation_features(trained_run, data_paths, tmp
     c, run = trained_run
     folder = data_paths[0] / "query"
     paths = embed.list_images(folder)
-    model = load_model(c, run, "best")
-    feats = embed.embed(c, model, paths)
+    feats = FeatureExtractor(run, checkpoint="best")(paths)
     assert feats.shape == (len(paths), 256) and feats.dtype == np.float32
     # The same images through the evaluation path (the prepared query split), matched by name.
     loaded = evaluate.load_run(c, run, "best")

@@ -1,0 +1,69 @@
+"""Exports that serve: the ONNX file in onnxruntime and the StableHLO file through
+``jax.export.deserialize`` give FeatureExtractor's features for any batch size."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from dualattn import export
+from dualattn.extractor import FeatureExtractor
+from tests.helpers import assert_one_error_line, run_command
+
+
+@pytest.fixture(scope="module")
+def resized(data_paths, trained_run):
+    """Five query crops as the exports take them (uint8, resized), and their features."""
+    _, run = trained_run
+    paths = sorted((data_paths[0] / "query").glob("*.jpg"))[:5]
+    extract = FeatureExtractor(run)
+    return extract.preprocess([Image.open(p) for p in paths]), extract(paths)
+
+
+def test_stablehlo_file_runs_with_jax_alone_at_any_batch_size(trained_run, resized, tmp_path):
+    c, run = trained_run
+    images, expected = resized
+    out = tmp_path / "model.stablehlo"
+    export.export_run(c, run, "stablehlo", out)
+    served = jax.export.deserialize(bytearray(out.read_bytes()))
+    assert served.platforms == ("cpu", "cuda")
+    assert str(served.in_avals[0].shape[0]) == "batch"
+    for n in (1, 5):
+        np.testing.assert_allclose(np.asarray(served.call(images[:n])), expected[:n],
+                                   atol=1e-5)
+
+
+def test_onnx_file_runs_in_onnxruntime_at_any_batch_size(trained_run, resized, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    c, run = trained_run
+    images, expected = resized
+    out = tmp_path / "model.onnx"
+    export.export_run(c, run, "onnx", out)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)",
+                                                   [c.input.height, c.input.width, 3])
+    assert isinstance(inp.shape[0], str) and outp.name == "features"
+    for n in (1, 5):
+        (feats,) = session.run(None, {"images": images[:n]})
+        np.testing.assert_allclose(feats, expected[:n], atol=1e-4)
+
+
+def test_command_writes_the_file_and_refuses_bad_requests_in_one_line(trained_run, tmp_path):
+    _, run = trained_run
+    out = tmp_path / "m.stablehlo"
+    proc = run_command("dualattn.export", "--workdir", str(run), "--format", "stablehlo",
+                       "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and f"wrote {out} (stablehlo" in proc.stdout
+    assert not list(tmp_path.glob("*.tmp"))
+    assert_one_error_line(
+        run_command("dualattn.export", "--workdir", str(run), "--format", "onnx",
+                    "--out", str(tmp_path / "no" / "m.onnx")),
+        f"--out {tmp_path / 'no' / 'm.onnx'}: folder {tmp_path / 'no'} does not exist")
+    assert_one_error_line(
+        run_command("dualattn.export", "--workdir", str(run), "--out", str(out)),
+        "--format is required")
+    assert_one_error_line(
+        run_command("dualattn.export", "--workdir", str(tmp_path / "missing"), "--format",
+                    "onnx", "--out", str(out)), "config.json")
