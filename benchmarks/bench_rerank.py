@@ -29,15 +29,22 @@ SIZES = {  # queries, gallery, identities
 }
 
 
-def features(q: int, g: int, ids: int, dim: int, seed: int = 0):
+def labelled_features(q: int, g: int, ids: int, dim: int, seed: int = 0):
+    """``(query features, gallery features, query ids, gallery ids)``: unit-length features
+    scattered around one centre per identity."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((ids, dim), dtype=np.float32)
-    out = []
+    out, labels = [], []
     for n in (q, g):
-        f = centres[rng.integers(0, ids, n)] + 0.8 * rng.standard_normal((n, dim),
-                                                                          dtype=np.float32)
+        pids = rng.integers(0, ids, n)
+        f = centres[pids] + 0.8 * rng.standard_normal((n, dim), dtype=np.float32)
         out.append(f / np.linalg.norm(f, axis=1, keepdims=True))
-    return out
+        labels.append(pids)
+    return (*out, *labels)
+
+
+def features(q: int, g: int, ids: int, dim: int, seed: int = 0):
+    return labelled_features(q, g, ids, dim, seed)[:2]
 
 
 def worker(size: str, dim: int) -> dict:

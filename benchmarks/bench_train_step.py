@@ -64,7 +64,11 @@ def batch(config, seed=0):
 NUM_CLASSES = 751
 
 
-def run_jax(config, steps: int, warmup: int) -> dict:
+def run_jax(config, steps: int, warmup: int, dtype: str = "auto",
+            count_flops: bool = False) -> dict:
+    """Our step's images/s; ``dtype`` "auto" is bfloat16 on a GPU, float32 elsewhere. With
+    ``count_flops`` the result carries XLA's FLOP count of one step (``cost_analysis``; it
+    compiles the step once more, from the persistent cache when one is set)."""
     import os
 
     from dualattn import xla_flags
@@ -77,14 +81,14 @@ def run_jax(config, steps: int, warmup: int) -> dict:
     from dualattn.train import make_train_step
 
     gpu = jax.devices()[0].platform == "gpu"
-    if gpu:
-        config.model.dtype = "bfloat16"
+    config.model.dtype = ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
     graphdef, state, schedule = create_train_state(config, NUM_CLASSES, 1000)
     step_fn = make_train_step(config, schedule, AugmentConfig(
         flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0))
     images, labels = batch(config)
     images, labels = jax.device_put(images), jax.device_put(labels)
     key = jax.random.key(0)
+    flops = step_flops(step_fn, graphdef, state, images, labels, key) if count_flops else None
     for _ in range(warmup):
         state, metrics = step_fn(graphdef, state, images, labels, key)
     jax.block_until_ready(metrics)
@@ -95,10 +99,24 @@ def run_jax(config, steps: int, warmup: int) -> dict:
     seconds = time.perf_counter() - start
     device = jax.devices()[0]
     peak = (device.memory_stats() or {}).get("peak_bytes_in_use") if gpu else None
+    precision = "bf16 compute" if config.model.dtype == "bfloat16" else "f32"
     return {"framework": f"JAX {jax.__version__}", "device": device.device_kind,
-            "precision": "bf16 compute" if gpu else "f32", "seconds": seconds,
-            "peak_bytes": peak, "loss": float(metrics["loss"]),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "precision": precision, "seconds": seconds, "steps": steps,
+            "batch": int(images.shape[0]), "peak_bytes": peak, "loss": float(metrics["loss"]),
+            "flops_per_step": flops, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def step_flops(step_fn, *args) -> float | None:
+    """Floating-point operations of one compiled train step, as XLA's cost analysis counts
+    them (forward, backward and optimizer; a multiply-add is two)."""
+    try:
+        cost = step_fn.lower(*args).compile().cost_analysis()
+    except Exception:  # an analysis the backend does not offer is a missing figure
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
 
 
 def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bool) -> dict:
@@ -151,14 +169,15 @@ def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bo
     seconds = time.perf_counter() - start
     return {"framework": f"PyTorch {torch.__version__}",
             "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "precision": " + ".join(notes), "seconds": seconds,
+            "precision": " + ".join(notes), "seconds": seconds, "steps": steps,
+            "batch": int(x.shape[0]),
             "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None, "loss": loss}
 
 
 def worker(args) -> None:
     config = load_config(args.config, args.set)
     if args.worker == "jax":
-        result = run_jax(config, args.steps, args.warmup)
+        result = run_jax(config, args.steps, args.warmup, args.dtype, args.count_flops)
     else:
         result = run_torch(config, args.steps, args.warmup, args.compile, args.channels_last)
     if result["peak_bytes"] is None:  # CPU: the process's peak resident memory (KiB on Linux)
@@ -175,6 +194,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="ours: model.dtype (auto: bfloat16 on a GPU, float32 elsewhere)")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="ours: also report XLA's FLOP count of one step")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -189,7 +212,8 @@ def main() -> None:
     results = []
     for name in ("jax", "torch"):
         cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--worker", name,
-               "--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               "--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--dtype", args.dtype]
         cmd += [f"--set={s}" for s in args.set]
         cmd += [] if args.compile else ["--no-compile"]
         cmd += [] if args.channels_last else ["--no-channels-last"]

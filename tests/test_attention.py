@@ -1,9 +1,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from dualattn.models import SpatialSelfAttention, SqueezeExcitation
+
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 
 
 def numpy_bn_train(x, scale, bias, eps=1e-5):

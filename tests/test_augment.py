@@ -9,6 +9,9 @@ import pytest
 
 from dualattn.augment import AugmentConfig, _warp, augment, erase_boxes, normalize
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 OFF = AugmentConfig(flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0)
 
 

@@ -10,6 +10,9 @@ from dualattn import export
 from dualattn.extractor import FeatureExtractor
 from tests.helpers import assert_one_error_line, run_command
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 @pytest.fixture(scope="module")
 def resized(data_paths, trained_run):

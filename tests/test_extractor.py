@@ -11,6 +11,9 @@ import dualattn
 from dualattn.errors import UserError
 from dualattn.extractor import CropError, FeatureExtractor, buckets
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 def test_buckets_are_powers_of_two_shared_equally_by_the_devices():
     assert buckets(64, 1) == (1, 2, 4, 8, 16, 32, 64)

@@ -39,6 +39,7 @@ def to_nchw(x):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("switches", [{}, {"use_se": False}, {"use_sa": False},
                                       {"bnneck": False}, {"last_stride": 2}])
 def test_eval_features_match(images, switches):
@@ -102,6 +103,7 @@ def test_conversion_errors_list_every_key():
     assert "shape: classifier.weight" in msg and "missing: classifier.weight" not in msg
 
 
+@pytest.mark.gpu
 def test_gradients_and_three_adam_steps_match(images):
     """Ours against torch, at most the issue's 1e-5 (relative to each tensor's largest
     magnitude) except where measured and explained: gradients 1.0e-5 (rounding through the
@@ -137,6 +139,7 @@ def test_gradients_and_three_adam_steps_match(images):
     assert explained["BN running variances, raw (21 tensors)"].ours_torch > 1e-3  # n/(n-1)
 
 
+@pytest.mark.gpu
 def test_full_network_at_384x128_is_as_accurate_as_torch():
     """The paper's network (SE-ResNet-50 + self-attention + BNNeck) at full input size, one
     train step on 2 ids x 2 images: on every row ours is within ROUNDING_FACTOR of torch's

@@ -9,6 +9,9 @@ from flax import nnx
 
 from dualattn.models import ReIDNet, layers
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 @pytest.mark.parametrize("shape", [(2, 12, 8, 5), (3, 9, 7, 4)])
 def test_max_pool_is_torchs_with_its_gradient(shape):

@@ -7,6 +7,9 @@ import pytest
 
 from dualattn.losses import cross_entropy_label_smooth, reid_loss, triplet_hard
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 def test_label_smoothed_ce_hand_computed():
     # softmax([ln 3, 0]) = [0.75, 0.25]; eps 0.1, K 2 -> targets [0.95, 0.05]

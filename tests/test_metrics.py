@@ -3,6 +3,9 @@ import pytest
 
 from dualattn.metrics import compute_distance_matrix, evaluate, evaluate_reference
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 def test_hand_computed_protocol():
     # Gallery: 0 junk for query 0 (same pid, same camera), 3 a pid-0 distractor.

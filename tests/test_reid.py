@@ -10,6 +10,9 @@ from dualattn.models import ReIDNet, ReIDOutput, count_params
 from dualattn.models.attention import reduced_channels
 from tests.helpers import se_params
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 NUM_CLASSES = 5
 
 

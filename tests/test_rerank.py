@@ -6,6 +6,9 @@ import pytest
 from dualattn.metrics import compute_distance_matrix, evaluate
 from dualattn.rerank import re_ranking, re_ranking_features, re_ranking_reference
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 
 def clustered_features(q=40, g=150, d=16, ids=25, seed=0):
     """Features around one centre per identity, so neighbourhoods are non-trivial."""

@@ -7,6 +7,9 @@ from flax import nnx
 from dualattn.models import ResNet, count_params
 from tests.helpers import se_params
 
+# Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
+pytestmark = pytest.mark.gpu
+
 TORCHVISION_RESNET50_WITHOUT_FC = 23_508_032  # 25,557,032 minus fc (2048*1000 + 1000)
 
 
