@@ -26,6 +26,7 @@ from PIL import Image
 from data_pipeline.input_pipeline import decode_resize
 from dualattn import cli
 from dualattn.augment import normalize
+from dualattn.config_check import check_config, check_test_split
 from dualattn.data import Data, load_data
 from dualattn.evaluation import (RATES, coverage, make_eval_fn, query_gallery_features,
                                  score_features)
@@ -47,8 +48,10 @@ def load_run(config, workdir: str | Path, which: str = "latest") -> Run:
     """The ``which`` checkpoint's model ("best", "latest", or "untrained": the network as
     training starts it) and the config's dataset. The checkpoint is found before the
     dataset is prepared, so a workdir without one fails at once."""
+    check_config(config, jax.device_count())
     model = None if which == "untrained" else load_model(config, workdir, which)
     data = load_data(config)
+    check_test_split(data.ids, config.dataset.root)
     if model is None:
         model = untrained_model(config, data.num_classes)
     batch_sharding, _ = data_parallel_shardings()

@@ -31,6 +31,7 @@ from absl import flags
 from flax import nnx
 
 from dualattn import cli
+from dualattn.config_check import check_config
 from dualattn.errors import UserError
 from dualattn.evaluation import eval_step
 from dualattn.state import InferenceModel, load_model
@@ -95,6 +96,7 @@ def export_run(config, workdir: str | Path, fmt: str, out: Path,
         raise ExportError(f"--format must be one of {sorted(FORMATS)}, not {fmt!r}")
     if not out.parent.is_dir():
         raise ExportError(f"--out {out}: folder {out.parent} does not exist")
+    check_config(config)
     config = config.copy_and_resolve_references()
     config.model.cpu_schedule = "off"  # plain Flax convolutions: the file runs anywhere
     model = load_model(config, workdir, which)

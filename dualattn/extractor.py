@@ -36,6 +36,7 @@ from PIL import Image
 
 from configs import saved
 from data_pipeline.input_pipeline import resize_rgb
+from dualattn.config_check import check_config
 from dualattn.errors import UserError
 from dualattn.evaluation import eval_step
 from dualattn.mesh import data_parallel_shardings
@@ -119,6 +120,7 @@ class FeatureExtractor:
             raise UserError("FeatureExtractor runs in one process; start it without a "
                             "multi-process launch")
         self.config = run_config(workdir) if config is None else config
+        check_config(self.config)
         model = load_model(self.config, workdir, checkpoint)
         self.step = model.step
         self.height, self.width = self.config.input.height, self.config.input.width

@@ -35,8 +35,9 @@ from configs import saved
 from data_pipeline.input_pipeline import train_dataset
 from dualattn import checkpoint, cli, preemption
 from dualattn.augment import AugmentConfig, augment
+from dualattn.config_check import check_config, check_test_split
 from dualattn.data import load_data
-from dualattn.errors import ConfigError, UserError
+from dualattn.errors import UserError
 from dualattn.evaluation import (RATES, describe, evaluate_model, make_eval_fn,
                                  query_gallery_features, score_features)
 from dualattn.losses import objective
@@ -178,20 +179,52 @@ def prepare_workdir(workdir: Path) -> None:
                            "another folder or fix its permissions") from e
 
 
+@contextlib.contextmanager
+def saves_finished(ckpt: checkpoint.Checkpointer):
+    """Whatever error ends the block, the checkpoints it started are completed first: the
+    epoch saved just before a failing evaluation is kept."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error being raised is the one to report
+            ckpt.wait()
+        raise
+
+
+def evaluation_due(config, step: int, steps_per_epoch: int) -> bool:
+    """Whether training evaluates at ``step``: every ``eval.every_epochs`` and at the end."""
+    epoch, last = divmod(step, steps_per_epoch)
+    return (step > 0 and last == 0
+            and (epoch % config.eval.every_epochs == 0 or epoch == config.optim.epochs))
+
+
+def logged_evaluations(path: Path, upto: int) -> dict[int, float]:
+    """step -> mAP of the evaluation rows of ``metrics.jsonl`` up to step ``upto``."""
+    found = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a torn last line from a kill mid-write
+                continue
+            if "mAP" in row and row.get("step", upto + 1) <= upto:
+                found[int(row["step"])] = float(row["mAP"])
+    return found
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Train for ``config.optim.epochs`` epochs (resuming if the workdir has a checkpoint) and
     return the final evaluation. SIGTERM/SIGINT save the latest state and raise
     ``preemption.TrainingStopped``."""
     workdir = Path(workdir)
+    check_config(config, jax.device_count())
     prepare_workdir(workdir)
     data = load_data(config)
+    check_test_split(data.ids, config.dataset.root)
     spe = data.sampler.steps_per_epoch
     total_steps = config.optim.epochs * spe
 
     batch_sharding, replicated = data_parallel_shardings()
-    if data.sampler.batch_size % jax.device_count():
-        raise ConfigError(f"batch P*K={data.sampler.batch_size} must divide over "
-                         f"{jax.device_count()} devices; change input.p or input.k")
 
     graphdef, state, schedule = create_train_state(config, data.num_classes, spe)
     state = jax.device_put(state, replicated)
@@ -200,10 +233,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return {"step": step, "best_mAP": best_map, "num_classes": data.num_classes}
 
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    start_step, best_map = 0, -1.0
+    start_step, best_map, evaluated = 0, -1.0, True
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore_latest(state)
-        start_step, best_map = meta["step"], meta["best_mAP"]
+        start_step = meta["step"]
+        # The checkpoint is written before its epoch's evaluation: the log says whether that
+        # evaluation finished, and the best mAP so far.
+        logged = logged_evaluations(workdir / "metrics.jsonl", start_step)
+        best_map = max([meta["best_mAP"], *logged.values()])
+        evaluated = start_step in logged or not evaluation_due(config, start_step, spe)
         print(f"resumed from step {start_step} ("
               + (f"best test mAP so far {100 * best_map:.2f} %)" if best_map >= 0
                  else "not evaluated yet)"))
@@ -221,7 +259,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             start_step=start_step, num_steps=total_steps,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             num_workers=config.input.num_workers)
+    def evaluate_at(step: int) -> dict:
+        """Score the model, log it, and keep it as the best checkpoint if it is."""
+        nonlocal best_map
+        q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
+                                      batch_sharding)
+        result = score_features(q, g, data, config)
+        log.write("eval", {"step": step, "epoch": step // spe, **result})
+        if config.eval.ranked_list_queries:
+            log.figure(step, "eval/ranked_lists", lambda: ranked_lists(
+                config, data, q, g, config.eval.ranked_list_queries))
+        if result["mAP"] > best_map:
+            best_map = result["mAP"]
+            ckpt.save_best(step, state, {**result, "num_classes": data.num_classes})
+        return result
+
     result = {}
+    if not evaluated:  # the run stopped during the evaluation after its last checkpoint
+        result = evaluate_at(start_step)
     tic, seen = time.perf_counter(), 0
     step = start_step
     # One bar per epoch, on an interactive terminal of process 0 only (not in CI logs).
@@ -229,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     bar = tqdm(total=spe, initial=step % spe, desc=f"epoch {step // spe + 1}",
                disable=not show_bar, leave=False)
     # Whatever ends the loop (the end, a signal, an error), the logs are complete on disk.
-    with preemption.StopRequest() as stop, contextlib.closing(log), bar:
+    with preemption.StopRequest() as stop, contextlib.closing(log), bar, saves_finished(ckpt):
         for batch in batches:
             images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
             labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
@@ -251,19 +306,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if epoch_end:
                 bar.reset()
                 bar.set_description(f"epoch {epoch + 1}")
-            if epoch_end and (epoch % config.eval.every_epochs == 0 or step == total_steps):
-                q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data,
-                                              config, batch_sharding)
-                result = score_features(q, g, data, config)
-                log.write("eval", {"step": step, "epoch": epoch, **result})
-                if config.eval.ranked_list_queries:
-                    log.figure(step, "eval/ranked_lists", lambda: ranked_lists(
-                        config, data, q, g, config.eval.ranked_list_queries))
-                if result["mAP"] > best_map:
-                    best_map = result["mAP"]
-                    ckpt.save_best(step, state, {**result, "num_classes": data.num_classes})
+            # The checkpoint first: an evaluation that fails or is killed loses no training.
             if epoch_end and (epoch % config.checkpoint_every_epochs == 0 or step == total_steps):
                 ckpt.save_latest(step, state, latest_meta(step))
+            if epoch_end and evaluation_due(config, step, spe):
+                result = evaluate_at(step)
             if stop.requested(at_sync_point=sync_point):
                 check_finite(metrics, step, ckpt.directory)
                 if ckpt.latest_step() != step:

@@ -81,6 +81,35 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
 
 
 @pytest.mark.filterwarnings("ignore:Market-1501 counts")
+def test_a_failed_evaluation_loses_no_training_and_is_redone_on_resume(data_paths, tmp_path,
+                                                                      monkeypatch):
+    c = tiny_config(data_paths, epochs=2)
+    real = train.score_features
+    calls = []
+
+    def fails_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory while scoring")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "score_features", fails_the_second_time)
+    with pytest.raises(MemoryError):
+        train.train_and_evaluate(c, tmp_path)
+    monkeypatch.setattr(train, "score_features", real)
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    last = max(r["step"] for r in read_rows(tmp_path))
+    assert ckpt.latest_step() == last  # the epoch's checkpoint was written before scoring
+    assert [r["step"] for r in read_rows(tmp_path) if "mAP" in r] == [last // 2]
+    result = train.train_and_evaluate(c, tmp_path)  # resumes: evaluates the last step first
+    evals = [r for r in read_rows(tmp_path) if "mAP" in r]
+    assert [r["step"] for r in evals] == [last // 2, last]
+    assert result["mAP"] == pytest.approx(evals[-1]["mAP"], abs=1e-6)
+    best = max(evals, key=lambda r: r["mAP"])
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").best.latest_step() == best["step"]
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
 def test_checkpoint_of_another_model_is_refused_with_the_fix(data_paths, tmp_path):
     train.train_and_evaluate(tiny_config(data_paths, epochs=1), tmp_path)
     c = tiny_config(data_paths, epochs=2)
