@@ -19,11 +19,15 @@ from dualattn.pretrained import load_backbone_weights
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> ReIDNet:
     """``config.model``'s network, with ``dualattn.cpu_schedule``'s convolutions when
-    ``model.cpu_schedule`` resolves to on (by default: on the CPU backend)."""
+    ``model.cpu_schedule`` resolves to on (by default: on the CPU backend).
+
+    Initialised as one compiled program: built op by op, the initialisers compile a hundred
+    small programs (seconds on a CPU, each too small for the persistent compilation cache);
+    jitted, it is one program, compiled once and cached across runs."""
     settings = config.model.to_dict()
     if cpu_schedule.enabled(settings.pop("cpu_schedule", "auto")):
         settings["conv_general_dilated"] = cpu_schedule.conv_general_dilated
-    return ReIDNet(num_classes, **settings, rngs=nnx.Rngs(config.seed))
+    return nnx.jit(lambda: ReIDNet(num_classes, **settings, rngs=nnx.Rngs(config.seed)))()
 
 
 def load_pretrained(model: ReIDNet, path: str) -> None:

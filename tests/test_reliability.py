@@ -229,11 +229,15 @@ def test_a_step_on_one_device_four_devices_and_two_hosts_agree(data_paths, tmp_p
         np.testing.assert_allclose(ours.pop("losses"), reference["losses"], rtol=1e-5,
                                    err_msg=name)
         reference_state = {k: v for k, v in reference.items() if k != "losses"}
-        # Adam's moments after one step are the gradients (scaled): all agree to 1e-5.
-        moments = ("['mu']", "['nu']")
-        assert_same_state({k: v for k, v in ours.items() if any(m in k for m in moments)},
-                          {k: v for k, v in reference_state.items()
-                           if any(m in k for m in moments)}, rtol=1e-5, skip=ZERO_GRADIENT)
+        # Adam's moments after one step are the gradient, scaled (mu) and squared (nu): the
+        # gradients agree to 1e-5, compared as mu and as sqrt(nu) (a square doubles a
+        # relative difference: the attention gate's gradient, one sum over the whole batch's
+        # feature map, differs by 9e-6 between device counts, its square by 1.8e-5).
+        def gradients(state):
+            return {k: np.sqrt(v) if "['nu']" in k else v for k, v in state.items()
+                    if "['mu']" in k or "['nu']" in k}
+        assert_same_state(gradients(ours), gradients(reference_state), rtol=1e-5,
+                          skip=ZERO_GRADIENT)
         assert_same_first_adam_step(ours, reference_state)
 
 
@@ -257,8 +261,9 @@ def assert_same_first_adam_step(ours, reference, rtol=1e-5):
         assert (grad[off] < 1e-5 * grad.max()).all(), f"{key}: differs where the gradient is real"
         exempt, total = exempt + off.sum(), total + y.size
     assert exempt <= 1e-4 * total, f"{exempt} of {total} parameters differ"
-    rest = {k: v for k, v in reference.items()
-            if not k.startswith("[0]") or MU + k[3:] not in reference}
+    rest = {k: v for k, v in reference.items()  # BN statistics, step counters
+            if (not k.startswith("[0]") or MU + k[3:] not in reference)
+            and "['mu']" not in k and "['nu']" not in k}  # the moments: compared as gradients
     assert_same_state({k: ours[k] for k in rest}, rest, rtol=rtol, skip=ZERO_GRADIENT)
 
 
