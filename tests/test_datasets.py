@@ -45,8 +45,11 @@ def test_prepare_runs_once_and_accepts_the_archive_parent(market_dir, tmp_path):
     parent.mkdir()
     (parent / "Market-1501-v15.09.15").symlink_to(market_dir, target_is_directory=True)
     prepare("market1501", parent, tmp_path / "data", verbose=False)
-    # A second run reuses the files without looking at the source folder.
-    builder = prepare("market1501", tmp_path / "gone", tmp_path / "data", verbose=False)
+    # A second run reuses the files, also once the source folder is gone.
+    assert len(data_sources(prepare("market1501", parent, tmp_path / "data",
+                                    verbose=False))["query"]) > 0
+    parent.rename(tmp_path / "moved")
+    builder = prepare("market1501", parent, tmp_path / "data", verbose=False)
     assert len(data_sources(builder)["query"]) > 0
 
 
@@ -248,3 +251,26 @@ def test_custom_list_problems_name_file_and_line(market_dir, tmp_path):
     (root / "query.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="query.txt"):
         prepare("custom", root, tmp_path / "data")
+
+
+def test_prepared_files_are_never_reused_for_another_or_a_changed_folder(tmp_path):
+    """Same data_dir, another root: refused, not silently served; the same root after its
+    files changed: refused; the same root unchanged: reused."""
+    import warnings
+
+    first, second, data_dir = tmp_path / "first", tmp_path / "second", tmp_path / "tfds"
+    for root, seed in ((first, 0), (second, 1)):
+        synthetic.generate(root, train_ids=3, test_ids=3, cameras=2, distractors=0, junk=0,
+                           seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # counts differ from the published Market-1501
+        builder = prepare("market1501", first, data_dir, verbose=False)
+    assert prepare("market1501", first, data_dir, verbose=False).data_dir == builder.data_dir
+    with pytest.raises(DatasetLayoutError, match=(
+            rf"dataset.root {second}: the prepared market1501 in .* holds the images of "
+            rf"{first} \(\d+ files\); set dataset.data_dir to another folder")):
+        prepare("market1501", second, data_dir, verbose=False)
+    extra = next((first / "bounding_box_test").glob("*.jpg"))
+    extra.with_name("0099_c1s1_000001_01.jpg").write_bytes(extra.read_bytes())
+    with pytest.raises(DatasetLayoutError, match="prepared before the folder's files changed"):
+        prepare("market1501", first, data_dir, verbose=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline.datasets import layouts
+from data_pipeline.datasets import fingerprint, layouts
 from data_pipeline.datasets.layouts import (CUSTOM, DUKEMTMC_REID, MARKET1501, MSMT17, Layout,
                                            cuhk03_np)
 
@@ -119,8 +119,10 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
     data_dir = Path(data_dir).expanduser()
     builder = cls(data_dir=str(data_dir), file_format="array_record")
     if builder.is_prepared():
+        check_source(builder, manual_dir)
         return builder
     records = layouts.scan(manual_dir, cls.LAYOUT)
+    source = fingerprint.fingerprint(manual_dir)
     if verbose:
         print(layouts.summarize(records, cls.LAYOUT))
     else:
@@ -128,7 +130,28 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
     builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    fingerprint.record(builder.data_dir, source)
     return builder
+
+
+def check_source(builder: ReIDBuilder, manual_dir: str | Path) -> None:
+    """Refuse prepared files that came from another folder, or from this one before its files
+    changed (``data_pipeline.datasets.fingerprint``). Files prepared before fingerprints were
+    kept are taken as they are, and fingerprinted now. A source folder removed after
+    preparing is fine when the config still names it."""
+    current = fingerprint.fingerprint(manual_dir)
+    stored = fingerprint.recorded(builder.data_dir)
+    if not Path(current["root"]).exists() and stored and stored["root"] == current["root"]:
+        return
+    if stored is None:
+        fingerprint.record(builder.data_dir, current)
+        return
+    why = fingerprint.mismatch(stored, current)
+    if why:
+        raise layouts.DatasetLayoutError(
+            f"dataset.root {current['root']}: the prepared {builder.name} in "
+            f"{builder.data_dir} {why}; set dataset.data_dir to another folder to prepare "
+            f"this one there, or delete {builder.data_dir} to prepare it again")
 
 
 def read_columns(source, *keys: str) -> tuple[np.ndarray, ...]:
