@@ -14,6 +14,7 @@ import logging as logging_std
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -161,6 +162,8 @@ def run(main, *, positional: bool = False, distributed: bool = True) -> None:
         if len(argv) > 1 and not positional:
             sys.exit(f"error: unexpected arguments {argv[1:]} (see --help)")
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+        # A warning is one line; Python's default format echoes the source line that warned.
+        warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
         if distributed:
             initialize_distributed()
         quiet_background_tracebacks()

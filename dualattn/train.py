@@ -127,7 +127,8 @@ class MetricsLog:
             tmp.write_text("".join(keep))
             tmp.replace(self.path)
 
-    def write(self, kind: str, row: dict) -> None:
+    def write(self, kind: str, row: dict, note: str = "") -> None:
+        """Append ``row``; ``note`` is added to the printed line only."""
         if not self.enabled:
             return
         # Counts stay integers (step, and epoch in evaluation rows); the rest 6 decimals.
@@ -137,7 +138,7 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
         step = int(row["step"])
         self.tensorboard.scalars(step, {f"{kind}/{k}": v for k, v in row.items() if k != "step"})
-        tqdm.write(f"[{kind}] " + " ".join(f"{k}={v:g}" for k, v in row.items()))
+        tqdm.write(f"[{kind}] " + " ".join(f"{k}={v:g}" for k, v in row.items()) + note)
 
     def close(self) -> None:
         if self.tensorboard is not None:
@@ -177,6 +178,31 @@ def prepare_workdir(workdir: Path) -> None:
     except OSError as e:
         raise WorkdirError(f"--workdir {workdir} is not writable ({e.strerror or e}); choose "
                            "another folder or fix its permissions") from e
+
+
+class Progress:
+    """Where the run is and when it ends, for the printed lines: the rate is measured from the
+    first logged step on (the first step compiles), evaluations included."""
+
+    def __init__(self, total_steps: int):
+        self.total, self.first = total_steps, None
+
+    def note(self, step: int, now: float) -> str:
+        text = f"  | {step}/{self.total} ({100 * step / self.total:.0f} %)"
+        if self.first is None:
+            self.first = (step, now)
+        elif step > self.first[0]:
+            seconds = (now - self.first[1]) / (step - self.first[0]) * (self.total - step)
+            text += f", {duration(seconds)} left"
+        return text
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m``, ``4m 05s`` or ``12s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 @contextlib.contextmanager
@@ -225,6 +251,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     total_steps = config.optim.epochs * spe
 
     batch_sharding, replicated = data_parallel_shardings()
+    if jax.process_index() == 0:
+        sizes = ", ".join(f"{len(data.sources[s])} {s}" for s in ("train", "query", "gallery"))
+        print(f"{config.dataset.name}: {sizes} images, {data.num_classes} training "
+              f"identities; {total_steps} steps ({config.optim.epochs} epochs of {spe}) of "
+              f"{data.sampler.batch_size} images on {jax.device_count()} "
+              f"{jax.default_backend()} device(s); logs: {workdir / 'metrics.jsonl'} and "
+              f"{workdir / 'tensorboard'}", flush=True)
 
     graphdef, state, schedule = create_train_state(config, data.num_classes, spe)
     state = jax.device_put(state, replicated)
@@ -275,6 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return result
 
     result = {}
+    progress = Progress(total_steps)
     if not evaluated:  # the run stopped during the evaluation after its last checkpoint
         result = evaluate_at(start_step)
     tic, seen = time.perf_counter(), 0
@@ -298,10 +332,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if sync_point:
                 metrics = check_finite(metrics, step, ckpt.directory)
             if step % config.log_every_steps == 0 or step == total_steps:
-                elapsed = time.perf_counter() - tic
+                now = time.perf_counter()
                 log.write("train", {"step": step, "epoch": step / spe, **metrics,
-                                    "images_per_s": seen / elapsed})
-                tic, seen = time.perf_counter(), 0
+                                    "images_per_s": seen / (now - tic)},
+                          progress.note(step, now))
+                tic, seen = now, 0
             epoch = step // spe
             if epoch_end:
                 bar.reset()
@@ -333,6 +368,22 @@ def main(argv):
         print(e)
         sys.exit(128 + e.signum)
     print("final: " + describe(result))
+    if jax.process_index() == 0:
+        print(checkpoints_summary(Path(FLAGS.workdir)))
+
+
+def checkpoints_summary(workdir: Path) -> str:
+    """Where the final and the best checkpoint are, the best labelled as chosen on the test
+    set (report the final model, or say so)."""
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    folder = ckpt.directory
+    text = f"checkpoints: the final model (step {ckpt.latest_step()}) in {folder / 'latest'}"
+    best = ckpt.best.latest_step()
+    if best is not None:
+        mAP = logged_evaluations(workdir / "metrics.jsonl", best).get(best)
+        text += ("; the best test mAP" + (f" ({100 * mAP:.2f} %)" if mAP is not None else "")
+                 + f" at step {best} in {folder / 'best'}, chosen on the test set")
+    return text
 
 
 FLAGS = cli.FLAGS

@@ -14,10 +14,14 @@ the prepared files on later runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from data_pipeline.datasets import fingerprint, layouts
 from data_pipeline.datasets.layouts import (CUSTOM, DUKEMTMC_REID, MARKET1501, MSMT17, Layout,
@@ -117,21 +121,42 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     cls = BUILDERS[name]
     data_dir = Path(data_dir).expanduser()
-    builder = cls(data_dir=str(data_dir), file_format="array_record")
-    if builder.is_prepared():
+    with quiet_tfds():
+        builder = cls(data_dir=str(data_dir), file_format="array_record")
+        prepared = builder.is_prepared()
+    if prepared:
         check_source(builder, manual_dir)
         return builder
     records = layouts.scan(manual_dir, cls.LAYOUT)
     source = fingerprint.fingerprint(manual_dir)
     if verbose:
         print(layouts.summarize(records, cls.LAYOUT))
-    else:
-        tfds.disable_progress_bar()
-    builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        print(f"preparing {name} in {data_dir} (once) ...", flush=True)
+    start = time.perf_counter()
+    with quiet_tfds():
+        builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     fingerprint.record(builder.data_dir, source)
+    if verbose:
+        print(f"prepared {name} in {time.perf_counter() - start:.0f} s")
     return builder
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+    """TFDS logs that the folder it is about to fill has no dataset_info.json, prints a
+    "Downloading and preparing dataset Unknown size" banner and draws progress bars (escape
+    codes in a log file); none of it tells our users anything, so it is silenced at the
+    source and ``prepare`` says what happens in its own lines."""
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def check_source(builder: ReIDBuilder, manual_dir: str | Path) -> None:
