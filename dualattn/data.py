@@ -13,7 +13,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipeline import synthetic
-from data_pipeline.datasets import data_sources, prepare, read_columns
+from data_pipeline.datasets import (DatasetLayoutError, data_sources, prepare, prepared_source,
+                                   read_columns)
 from data_pipeline.sampler import PKSampler, make_sampler
 
 
@@ -25,11 +26,25 @@ class Data:
     ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
 
 
+def refuse_stray_generation(ds: ml_collections.ConfigDict) -> None:
+    """A synthetic config generates its dataset where ``dataset.root`` points if nothing is
+    there. When ``dataset.data_dir`` already holds one prepared from another folder, the root
+    is most likely misspelt: say so rather than generate a second dataset beside the first."""
+    source = prepared_source(ds.name, ds.data_dir)
+    root = str(Path(ds.root).expanduser().absolute())
+    if source is not None and source["root"] != root:
+        raise DatasetLayoutError(
+            f"dataset.root {root} does not exist, and {ds.data_dir} holds a dataset prepared "
+            f"from {source['root']}; fix dataset.root, or set dataset.data_dir to a new "
+            "folder to generate another synthetic dataset")
+
+
 def load_data(config: ml_collections.ConfigDict) -> Data:
     """Prepare the dataset once (process 0; the others wait) and open its splits."""
     ds = config.dataset
     if jax.process_index() == 0:
         if ds.synthetic and not Path(ds.root).exists():
+            refuse_stray_generation(ds)
             print(f"generating the synthetic dataset in {ds.root} ...")
             tmp = Path(f"{ds.root}.incomplete")
             synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,

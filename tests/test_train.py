@@ -403,3 +403,14 @@ def test_ranked_list_and_attention_figures(trained_run, tmp_path):
 def test_colormap_runs_cold_to_hot():
     cold, hot = visualize.colormap(np.array([0.0, 1.0]))
     assert cold[2] > cold[0] and hot[0] > hot[2]  # blue at 0, red at 1
+
+
+def test_a_misspelt_synthetic_root_is_refused_not_generated(trained_run, data_paths, tmp_path):
+    raw, prepared = data_paths
+    typo = raw.with_name(raw.name + "_typo")
+    proc = run_command("dualattn.train", "--config", "configs/tiny.py", "--workdir",
+                       str(tmp_path / "run"), f"--config.dataset.root={typo}",
+                       f"--config.dataset.data_dir={prepared}")
+    assert_one_error_line(proc, f"dataset.root {typo} does not exist, and {prepared} holds a "
+                                f"dataset prepared from {raw}; fix dataset.root")
+    assert not typo.exists()

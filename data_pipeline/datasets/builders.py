@@ -159,6 +159,16 @@ def quiet_tfds():
         absl_logging.set_verbosity(level)
 
 
+def prepared_source(name: str, data_dir: str | Path) -> dict | None:
+    """The fingerprint of the folder dataset ``name`` in ``data_dir`` was prepared from, or
+    None when it is not prepared there (or was prepared before fingerprints were kept)."""
+    with quiet_tfds():
+        builder = BUILDERS[name](data_dir=str(Path(data_dir).expanduser()),
+                                 file_format="array_record")
+        prepared = builder.is_prepared()
+    return fingerprint.recorded(builder.data_dir) if prepared else None
+
+
 def check_source(builder: ReIDBuilder, manual_dir: str | Path) -> None:
     """Refuse prepared files that came from another folder, or from this one before its files
     changed (``data_pipeline.datasets.fingerprint``). Files prepared before fingerprints were
