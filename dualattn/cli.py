@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from configs import saved
 from data_pipeline.datasets import DatasetLayoutError
 from dualattn import xla_flags
-from dualattn.checkpoint import CheckpointWriteError
+from dualattn.checkpoint import CheckpointMismatchError, CheckpointWriteError
 from dualattn.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -139,13 +139,14 @@ def quiet_background_tracebacks() -> None:
     logging_std.getLogger("absl").addFilter(FirstLineOnly())
 
 
-def exit_after_failed_write(error: CheckpointWriteError) -> None:
+def exit_quietly(error: Exception) -> None:
     """Print ``error`` as the last line and leave at once.
 
-    Orbax's failed background writers keep printing tracebacks from their threads, even while
-    the interpreter shuts down. Everything of ours is closed and flushed by now: silence
-    stderr, write the one line that matters last, and exit. It starts a line of its own: a
-    thread may have been cut off mid-line.
+    After a failed checkpoint write or restore, orbax's background threads (its writers, and
+    the asyncio loop tensorstore reads with) keep printing tracebacks, even while the
+    interpreter shuts down ("Event loop is closed"). Everything of ours is closed and flushed
+    by now: silence stderr, write the one line that matters last, and exit. It starts a line
+    of its own: a thread may have been cut off mid-line.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -171,8 +172,8 @@ def run(main, *, positional: bool = False, distributed: bool = True) -> None:
             return main(argv)
         except app.UsageError as e:  # absl would print the whole module docstring
             sys.exit(f"error: {e} (see --help)")
-        except CheckpointWriteError as e:
-            exit_after_failed_write(e)
+        except (CheckpointWriteError, CheckpointMismatchError) as e:
+            exit_quietly(e)
         except USER_ERRORS as e:
             sys.exit(f"error: {e}")
 
