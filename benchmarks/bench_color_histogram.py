@@ -20,11 +20,11 @@ import tempfile
 import warnings
 
 import numpy as np
-from PIL import Image
 
 from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize
+from dualattn.baselines import hellinger_features, stripe_hsv_histogram
 from dualattn.metrics import compute_distance_matrix, evaluate
 
 
@@ -32,20 +32,6 @@ def rgb_histogram(img: np.ndarray, bins: int = 8) -> np.ndarray:
     q = (img // (256 // bins)).astype(np.int64)
     idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
     return np.bincount(idx.ravel(), minlength=bins**3).astype(np.float64)
-
-
-def stripe_hsv_histogram(img: np.ndarray, stripes: int = 6) -> np.ndarray:
-    hsv = np.asarray(Image.fromarray(img).convert("HSV"))
-    h = hsv[..., 0] // 32
-    s = hsv[..., 1] // 64
-    v = hsv[..., 2] // 64
-    idx = (h.astype(np.int64) * 4 + s) * 4 + v
-    parts = np.array_split(idx, stripes, axis=0)
-    return np.concatenate([np.bincount(p.ravel(), minlength=128) for p in parts]).astype(float)
-
-
-def hellinger_features(hists: np.ndarray) -> np.ndarray:
-    return np.sqrt(hists / hists.sum(axis=1, keepdims=True))
 
 
 def split_arrays(source):

@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_rank = 50
     # Queries drawn with their top-10 gallery images in TensorBoard at each evaluation (0: none).
     c.eval.ranked_list_queries = 6
+    # Score the untrained network and colour histograms before training, and end with a line
+    # putting the final mAP against them (dualattn.baselines); costs one evaluation.
+    c.eval.context = False
 
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 5

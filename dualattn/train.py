@@ -35,6 +35,8 @@ from configs import saved
 from data_pipeline.input_pipeline import train_dataset
 from dualattn import checkpoint, cli, preemption
 from dualattn.augment import AugmentConfig, augment
+from dualattn.baselines import (colour_histogram_scores, context_line, load_context,
+                                save_context)
 from dualattn.config_check import check_config, check_test_split
 from dualattn.data import load_data
 from dualattn.errors import UserError
@@ -197,6 +199,22 @@ class Progress:
         return text
 
 
+def measure_context(config, data, eval_fn, graphdef, state, batch_sharding,
+                    workdir: Path) -> None:
+    """The untrained network's and colour histograms' scores on the test split, kept in the
+    workdir for the final ``context:`` line (``eval.context``)."""
+    q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
+                                  batch_sharding)
+    untrained = score_features(q, g, data, config)
+    if jax.process_index() == 0:
+        colour = colour_histogram_scores(data)
+        save_context(workdir, {"untrained": untrained, "colour_histograms": colour})
+        print(f"before training: mAP {100 * untrained['mAP']:.2f} % (rank-1 "
+              f"{100 * untrained['rank1']:.2f} %) for the untrained network, "
+              f"{100 * colour['mAP']:.2f} % ({100 * colour['rank1']:.2f} %) for colour "
+              "histograms", flush=True)
+
+
 def duration(seconds: float) -> str:
     """``1h 02m``, ``4m 05s`` or ``12s``."""
     seconds = round(seconds)
@@ -307,6 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             ckpt.save_best(step, state, {**result, "num_classes": data.num_classes})
         return result
 
+    if config.eval.context and start_step == 0:
+        measure_context(config, data, eval_fn, graphdef, state, batch_sharding, workdir)
     result = {}
     progress = Progress(total_steps)
     if not evaluated:  # the run stopped during the evaluation after its last checkpoint
@@ -369,6 +389,9 @@ def main(argv):
         sys.exit(128 + e.signum)
     print("final: " + describe(result))
     if jax.process_index() == 0:
+        context = load_context(Path(FLAGS.workdir))
+        if context:
+            print(context_line(result, context))
         print(checkpoints_summary(Path(FLAGS.workdir)))
 
 

@@ -8,7 +8,7 @@ around each gallery image.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from data_pipeline.input_pipeline import decode_resize
 from dualattn.data import Data
@@ -18,28 +18,47 @@ FRAME = 3  # border width around each retrieved image
 CELL_PAD = 4  # space between cells
 QUERY_GAP = 12  # extra space between the query and its ranked list
 GREEN, RED, GREY, WHITE = (40, 170, 60), (210, 40, 40), (90, 90, 90), (255, 255, 255)
+TEXT = (20, 20, 20)
+LABEL_H = 12  # a line of Pillow's default font under each image, when captioned
 
 
 def ranked_list_figure(queries: list[np.ndarray], ranked: list[list[np.ndarray]],
-                       correct: list[list[bool]]) -> Image.Image:
+                       correct: list[list[bool]], captions: list[list[str]] | None = None,
+                       query_captions: list[str] | None = None) -> Image.Image:
     """One row per query: the query (grey frame), then its ranked gallery images, framed green
-    for the same identity and red otherwise. All images must share one (h, w, 3) uint8 size."""
+    for the same identity and red otherwise. All images must share one (h, w, 3) uint8 size.
+    With ``captions`` (per gallery image) and ``query_captions``, a line of text goes under
+    each image (``LABEL_H`` pixels)."""
     h, w = queries[0].shape[:2]
     cols = max(len(r) for r in ranked)
-    cell_w, cell_h = w + 2 * FRAME + CELL_PAD, h + 2 * FRAME + CELL_PAD
+    label_h = LABEL_H if captions is not None else 0
+    cell_w, cell_h = w + 2 * FRAME + CELL_PAD, h + 2 * FRAME + CELL_PAD + label_h
     fig = Image.new("RGB", (cell_w * (cols + 1) + QUERY_GAP, cell_h * len(queries)), WHITE)
     draw = ImageDraw.Draw(fig)
+    font = ImageFont.load_default()
 
-    def put(image, x, y, colour):
+    def put(image, x, y, colour, caption=None):
         draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=colour)
         fig.paste(Image.fromarray(image), (x + FRAME, y + FRAME))
+        if caption:
+            draw.text((x + 1, y + h + 2 * FRAME), caption, fill=TEXT, font=font)
 
     for row, (query, images, hits) in enumerate(zip(queries, ranked, correct, strict=True)):
         y = row * cell_h
-        put(query, 0, y, GREY)
+        put(query, 0, y, GREY, query_captions[row] if query_captions else None)
         for col, (image, hit) in enumerate(zip(images, hits, strict=True)):
-            put(image, QUERY_GAP + (col + 1) * cell_w, y, GREEN if hit else RED)
+            put(image, QUERY_GAP + (col + 1) * cell_w, y, GREEN if hit else RED,
+                captions[row][col] if captions is not None else None)
     return fig
+
+
+def average_precision(matches: np.ndarray) -> float | None:
+    """AP of one query's whole ranking (``matches``: same identity, in rank order, after the
+    protocol's same-camera filter): the mean precision at each hit; None without a hit."""
+    hits = np.flatnonzero(matches)
+    if not hits.size:
+        return None
+    return float(np.mean((np.arange(hits.size) + 1) / (hits + 1)))
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -86,7 +105,9 @@ def ranked_lists(config, data: Data, q: np.ndarray, g: np.ndarray, n: int,
                  top: int = 10) -> Image.Image:
     """``ranked_list_figure`` of ``n`` queries spread over the query split, with their
     top-``top`` gallery images as the config's options rank the features ``q``, ``g``;
-    same-identity same-camera images are skipped, as the evaluation protocol does."""
+    same-identity same-camera images are skipped, as the evaluation protocol does. Each
+    gallery image is captioned ``rank:distance``, each query with its AP over the whole
+    gallery."""
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     size = thumbnail_size(config)
     picked = spread(n, len(q))
@@ -94,12 +115,16 @@ def ranked_lists(config, data: Data, q: np.ndarray, g: np.ndarray, n: int,
         dist = distance_matrix(q, g, config)[picked]
     else:
         dist = distance_matrix(q[picked], g, config)
-    queries, ranked, correct = [], [], []
+    queries, ranked, correct, captions, query_captions = [], [], [], [], []
     for row, i in enumerate(picked):
         order = np.argsort(dist[row], kind="stable")
-        order = order[~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))][:top]
+        order = order[~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))]
+        ap = average_precision(g_pids[order] == q_pids[i])
+        order = order[:top]
         queries.append(decode_resize(data.sources["query"][int(i)]["image"], *size))
         ranked.append([decode_resize(data.sources["gallery"][int(j)]["image"], *size)
                        for j in order])
         correct.append(list(g_pids[order] == q_pids[i]))
-    return ranked_list_figure(queries, ranked, correct)
+        captions.append([f"{rank}:{dist[row, j]:.2f}" for rank, j in enumerate(order, 1)])
+        query_captions.append("AP -" if ap is None else f"AP {100 * ap:.0f}%")
+    return ranked_list_figure(queries, ranked, correct, captions, query_captions)

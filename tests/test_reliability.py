@@ -121,18 +121,21 @@ def straight(data_paths, tmp_path_factory):
 def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, straight,
                                                                    tmp_path):
     workdir = tmp_path / "interrupted"
+    context = "--config.eval.context=True"  # measured before training, reported at the end
     # 1. SIGTERM after the first checkpoint: saves at the current step, exits 128 + 15.
-    proc = start(command(data_paths, workdir))
+    proc = start(command(data_paths, workdir, context))
     wait_for(lambda: saved_steps(workdir), proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped by SIGTERM at step" in out and "Traceback" not in err
+    assert re.search(r"before training: mAP \d+\.\d\d % .* for the untrained network, "
+                     r"\d+\.\d\d % .* for colour histograms", out)
     stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert saved_steps(workdir)[-1] == stopped_at
 
     # 2. Resume, then SIGKILL while a checkpoint is being written (or just after one).
-    proc = start(command(data_paths, workdir))
+    proc = start(command(data_paths, workdir, context))
     latest = workdir / "checkpoints" / "latest"
     wait_for(lambda: any("tmp" in p.name for p in latest.iterdir())
              or saved_steps(workdir)[-1] > stopped_at, proc)
@@ -142,11 +145,18 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
     assert survivors and survivors[-1] >= stopped_at
 
     # 3. Resume to the end: same parameters and the same log as the run never interrupted.
-    proc = run(command(data_paths, workdir))
+    proc = run(command(data_paths, workdir, context))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {survivors[-1]}" in proc.stdout
     (final,) = [line for line in proc.stdout.splitlines() if line.startswith("final: ")]
     assert re.search(r"mAP \d+\.\d\d%.*\((\d+) of \1 queries have a valid match\)$", final)
+    assert "before training" not in proc.stdout  # measured once, by the first run
+    assert re.search(r"^context: mAP \d+\.\d % after training, against \d+\.\d % for the "
+                     r"same network untrained and \d+\.\d % for colour histograms",
+                     proc.stdout, re.M)
+    assert re.search(r"^checkpoints: the final model \(step \d+\) in .*latest; the best test "
+                     r"mAP \(\d+\.\d\d %\) at step \d+ in .*best, chosen on the test set$",
+                     proc.stdout, re.M)
     ours, meta = latest_state(data_paths, workdir)
     reference, ref_meta = latest_state(data_paths, straight)
     assert meta["step"] == ref_meta["step"]

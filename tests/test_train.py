@@ -14,9 +14,9 @@ from PIL import Image
 
 from configs import saved, tiny
 from data_pipeline.datasets import read_columns
-from dualattn import checkpoint, embed, evaluate, train, visualize
+from dualattn import checkpoint, embed, evaluate, metrics, train, visualize
 from dualattn.data import load_data
-from dualattn.evaluation import eval_step
+from dualattn.evaluation import distance_matrix, eval_step
 from dualattn.extractor import FeatureExtractor
 from dualattn.interop.compare import build_pair
 from dualattn.interop.convert import ConversionError, export_run, import_state_dict
@@ -55,7 +55,11 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
     assert [e.step for e in acc.Scalars("eval/mAP")] == [r["step"] for r in eval_rows]
     figures = acc.Images("eval/ranked_lists")  # one ranked-list figure per evaluation
     assert [e.step for e in figures] == [r["step"] for r in eval_rows]
-    assert figures[-1].height > 0 and figures[-1].width > figures[-1].height
+    c = config(4)
+    cell_w = c.input.width + 2 * visualize.FRAME + visualize.CELL_PAD
+    cell_h = c.input.height + 2 * visualize.FRAME + visualize.CELL_PAD + visualize.LABEL_H
+    assert (figures[-1].width, figures[-1].height) == (
+        11 * cell_w + visualize.QUERY_GAP, c.eval.ranked_list_queries * cell_h)
     assert b"optim.lr" in acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert acc.Scalars("train/loss")[-1].value == pytest.approx(train_rows[-1]["loss"], abs=1e-6)
     losses = [r["loss"] for r in train_rows]
@@ -387,14 +391,25 @@ def test_ranked_list_and_attention_figures(trained_run, tmp_path):
     loaded = evaluate.load_run(c, run, "best")
     out = evaluate.ranked_list_png(c, loaded, 3, tmp_path / "ranked.png")
     cell_w, cell_h = (w + 2 * visualize.FRAME + visualize.CELL_PAD,
-                      h + 2 * visualize.FRAME + visualize.CELL_PAD)
+                      h + 2 * visualize.FRAME + visualize.CELL_PAD + visualize.LABEL_H)
     with Image.open(out) as fig:
         assert fig.size == (11 * cell_w + visualize.QUERY_GAP, 3 * cell_h)
         pixels = np.asarray(fig.convert("RGB"))
-    # Every retrieved image is framed green or red (the frame's top-left pixel).
+    # Every retrieved image is framed green or red (the frame's top-left pixel), and captioned
+    # (dark text in the line under it).
     for col in range(1, 11):
-        colour = tuple(pixels[0, visualize.QUERY_GAP + col * cell_w])
-        assert colour in (visualize.GREEN, visualize.RED)
+        x = visualize.QUERY_GAP + col * cell_w
+        assert tuple(pixels[0, x]) in (visualize.GREEN, visualize.RED)
+        caption = pixels[h + 2 * visualize.FRAME:cell_h - visualize.CELL_PAD, x:x + cell_w]
+        assert (caption.max(axis=-1) < 100).any()
+    # The AP under each query is the evaluator's for that query.
+    q, g = evaluate.run_features(c, loaded)
+    dist = distance_matrix(q[:1], g, c)
+    (qp, qc), (gp, gc) = loaded.data.ids["query"], loaded.data.ids["gallery"]
+    order = np.argsort(dist[0], kind="stable")
+    order = order[~((gp[order] == qp[0]) & (gc[order] == qc[0]))]
+    expected = metrics.evaluate(dist, qp[:1], gp, qc[:1], gc)["mAP"]
+    assert visualize.average_precision(gp[order] == qp[0]) == pytest.approx(expected)
     out = evaluate.attention_png(c, loaded, 4, tmp_path / "attention.png")
     with Image.open(out) as fig:
         assert fig.size == (4 * (2 * w + 2 * visualize.CELL_PAD), h + visualize.CELL_PAD)
