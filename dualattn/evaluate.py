@@ -20,19 +20,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from absl import flags
-from flax import nnx
-from PIL import Image
 
-from data_pipeline.input_pipeline import decode_resize
 from dualattn import cli
-from dualattn.augment import normalize
 from dualattn.config_check import check_config, check_test_split
 from dualattn.data import Data, load_data
 from dualattn.evaluation import (RATES, coverage, make_eval_fn, query_gallery_features,
                                  score_features)
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import load_model, untrained_model
-from dualattn.visualize import attention_figure, ranked_lists, spread, thumbnail_size
+from dualattn.visualize import attention_image, ranked_lists
 
 
 class Run(NamedTuple):
@@ -94,31 +90,12 @@ def ranked_list_png(config, run: Run, n: int, out: Path, top: int = 10,
     return out
 
 
-def attention_png(config, run: Run, n: int, out: Path) -> Path:
-    """Heatmaps of the attention each position of the feature map receives (the mean over
-    query positions of softmax(QK^T / sqrt(d))) over ``n`` query images."""
-    graphdef, data = run.graphdef, run.data
-    model = nnx.merge(graphdef, run.state)
-    if model.attention is None:
-        raise ValueError("this model has no self-attention module (model.use_sa=False)")
-    size = (config.input.height, config.input.width)
-    images = np.stack([decode_resize(data.sources["query"][int(i)]["image"], *size)
-                       for i in spread(n, len(data.sources["query"]))])
-
-    @jax.jit
-    def received(state, images):
-        model = nnx.merge(graphdef, state)
-        fmap = model.backbone(normalize(images), train=False)
-        attn = model.attention.attention_map(fmap, train=False)
-        return attn.mean(axis=1).reshape(fmap.shape[:3])
-
-    maps = np.asarray(received(run.state, images))
-    small = thumbnail_size(config)
-    thumbs = np.stack([np.asarray(Image.fromarray(im).resize(small[::-1],
-                                                            Image.Resampling.BILINEAR))
-                       for im in images])
-    attention_figure(thumbs, maps).save(out)
-    return out
+def attention_png(config, run: Run, n: int, out: Path) -> tuple[Path, float]:
+    """``dualattn.visualize.attention_image`` of ``n`` query images, saved to ``out``; returns
+    the path and the attention gate's value."""
+    fig, gate = attention_image(config, run.graphdef, run.state, run.data, n)
+    fig.save(out)
+    return out, gate
 
 
 def format_table(rows: list[tuple[str, int, dict]]) -> str:
@@ -173,7 +150,9 @@ def main(argv):
         print("wrote", ranked_list_png(config, run, FLAGS.visualize,
                                        figures / "ranked_lists.png", features=features))
     if FLAGS.attention:
-        print("wrote", attention_png(config, run, FLAGS.attention, figures / "attention.png"))
+        path, gate = attention_png(config, run, FLAGS.attention, figures / "attention.png")
+        print(f"wrote {path} (attention gate alpha = {gate:.4f}: the weight of the module's "
+              "output in alpha * o + x)")
 
 
 def command() -> None:

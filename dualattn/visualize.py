@@ -7,10 +7,13 @@ around each gallery image.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from flax import nnx
 from PIL import Image, ImageDraw, ImageFont
 
 from data_pipeline.input_pipeline import decode_resize
+from dualattn.augment import normalize
 from dualattn.data import Data
 from dualattn.evaluation import distance_matrix
 
@@ -20,6 +23,9 @@ QUERY_GAP = 12  # extra space between the query and its ranked list
 GREEN, RED, GREY, WHITE = (40, 170, 60), (210, 40, 40), (90, 90, 90), (255, 255, 255)
 TEXT = (20, 20, 20)
 LABEL_H = 12  # a line of Pillow's default font under each image, when captioned
+HEADER_H = 14  # a line of text above the attention figure
+SCALE_W = 14  # the attention figure's colour scale
+ATTENTION_H = 256  # attention figures show images this high, whatever the input size
 
 
 def ranked_list_figure(queries: list[np.ndarray], ranked: list[list[np.ndarray]],
@@ -70,14 +76,24 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def attention_figure(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """Per image: the image and the heatmap of ``maps`` (B, h, w) over it, side by side.
+def attention_figure(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5,
+                     gate: float | None = None) -> Image.Image:
+    """Per image: the image and the heatmap of ``maps`` (B, h, w) over it, side by side, a
+    colour scale at the right and a header line (with the attention gate's value ``gate``,
+    the weight of the module's output in ``alpha * o + x``).
 
-    Each map is scaled to [0, 1] on its own (where the module looks *within* the image) and
-    resized bilinearly to the image."""
+    Each map is scaled to [0, 1] on its own (where the module looks *within* the image, from
+    least to most) and resized bilinearly to the image."""
     b, h, w = images.shape[:3]
     cell_w, cell_h = 2 * w + 2 * CELL_PAD, h + CELL_PAD
-    fig = Image.new("RGB", (cell_w * b, cell_h), WHITE)
+    scale_x = cell_w * b
+    fig = Image.new("RGB", (scale_x + SCALE_W + 40, HEADER_H + cell_h), WHITE)
+    draw = ImageDraw.Draw(fig)
+    font = ImageFont.load_default()
+    header = "attention each position receives, within each image"
+    if gate is not None:
+        header += f"; gate alpha = {gate:.4f}"
+    draw.text((0, 1), header, fill=TEXT, font=font)
     for i in range(b):
         m = maps[i].astype(np.float64)
         m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
@@ -85,9 +101,39 @@ def attention_figure(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -
             (w, h), Image.Resampling.BILINEAR), np.float64) / 255
         overlay = (1 - alpha) * images[i] + alpha * colormap(big)
         x = i * cell_w
-        fig.paste(Image.fromarray(images[i]), (x, 0))
-        fig.paste(Image.fromarray(overlay.astype(np.uint8)), (x + w + CELL_PAD, 0))
+        fig.paste(Image.fromarray(images[i]), (x, HEADER_H))
+        fig.paste(Image.fromarray(overlay.astype(np.uint8)), (x + w + CELL_PAD, HEADER_H))
+    scale = colormap(np.repeat(np.linspace(1.0, 0.0, h)[:, None], SCALE_W, axis=1))
+    fig.paste(Image.fromarray(scale), (scale_x, HEADER_H))
+    draw.text((scale_x + SCALE_W + 3, HEADER_H), "most", fill=TEXT, font=font)
+    draw.text((scale_x + SCALE_W + 3, HEADER_H + h - 11), "least", fill=TEXT, font=font)
     return fig
+
+
+def attention_image(config, graphdef, state, data: Data, n: int) -> tuple[Image.Image, float]:
+    """``attention_figure`` of ``n`` query images spread over the split, 256 pixels high, and
+    the gate's value: the attention each position of the feature map receives (the mean
+    over query positions of softmax(QK^T / sqrt(d)))."""
+    model = nnx.merge(graphdef, state)
+    if model.attention is None:
+        raise ValueError("this model has no self-attention module (model.use_sa=False)")
+    size = (config.input.height, config.input.width)
+    images = np.stack([decode_resize(data.sources["query"][int(i)]["image"], *size)
+                       for i in spread(n, len(data.sources["query"]))])
+
+    @jax.jit
+    def received(state, images):
+        model = nnx.merge(graphdef, state)
+        fmap = model.backbone(normalize(images), train=False)
+        attn = model.attention.attention_map(fmap, train=False)
+        return attn.mean(axis=1).reshape(fmap.shape[:3])
+
+    maps = np.asarray(received(state, images))
+    h, w = ATTENTION_H, max(1, round(size[1] * ATTENTION_H / size[0]))
+    big = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BILINEAR))
+                    for im in images])
+    gate = float(np.asarray(model.attention.alpha[...], np.float32))
+    return attention_figure(big, maps, gate=gate), gate
 
 
 def thumbnail_size(config) -> tuple[int, int]:

@@ -410,9 +410,20 @@ def test_ranked_list_and_attention_figures(trained_run, tmp_path):
     order = order[~((gp[order] == qp[0]) & (gc[order] == qc[0]))]
     expected = metrics.evaluate(dist, qp[:1], gp, qc[:1], gc)["mAP"]
     assert visualize.average_precision(gp[order] == qp[0]) == pytest.approx(expected)
-    out = evaluate.attention_png(c, loaded, 4, tmp_path / "attention.png")
+    out, gate = evaluate.attention_png(c, loaded, 4, tmp_path / "attention.png")
+    model = nnx.merge(loaded.graphdef, loaded.state)
+    assert gate == pytest.approx(float(model.attention.alpha[...])) and gate != 0  # it learned
+    big_h = visualize.ATTENTION_H  # readable whatever the input size: 256 high, aspect kept
+    big_w = round(w * big_h / h)
+    scale_x = 4 * (2 * big_w + 2 * visualize.CELL_PAD)
     with Image.open(out) as fig:
-        assert fig.size == (4 * (2 * w + 2 * visualize.CELL_PAD), h + visualize.CELL_PAD)
+        assert fig.size == (scale_x + visualize.SCALE_W + 40,
+                            visualize.HEADER_H + big_h + visualize.CELL_PAD)
+        pixels = np.asarray(fig.convert("RGB"))
+    top, bottom = visualize.colormap(np.array([1.0, 0.0]))  # the scale runs most -> least
+    np.testing.assert_array_equal(pixels[visualize.HEADER_H, scale_x], top)
+    np.testing.assert_array_equal(pixels[visualize.HEADER_H + big_h - 1, scale_x], bottom)
+    assert (pixels[:visualize.HEADER_H].max(axis=-1) < 100).any()  # the header line
 
 
 def test_colormap_runs_cold_to_hot():
