@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Score the untrained network and colour histograms before training, and end with a line
     # putting the final mAP against them (dualattn.baselines); costs one evaluation.
     c.eval.context = False
+    # Write WORKDIR/report.html at the end of training (dualattn.report): curves, scores, CMC,
+    # ranked lists and attention maps in one self-contained page.
+    c.eval.report = True
 
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 5

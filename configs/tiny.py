@@ -24,4 +24,8 @@ def get_config():
     c.eval.every_epochs = 1
     c.log_every_steps = 1
     c.checkpoint_every_epochs = 1
+    # The tests' config: the baselines and the report cost an evaluation and a compilation
+    # each, so they are switched on only where tested.
+    c.eval.context = False
+    c.eval.report = False
     return c

@@ -27,6 +27,7 @@ from dualattn.data import Data, load_data
 from dualattn.evaluation import (RATES, coverage, make_eval_fn, query_gallery_features,
                                  score_features)
 from dualattn.mesh import data_parallel_shardings
+from dualattn.report import RunFigures
 from dualattn.state import load_model, untrained_model
 from dualattn.visualize import attention_image, ranked_lists
 
@@ -131,6 +132,8 @@ def define_flags() -> None:
                          "top-10 gallery images (green: same identity, red: not).")
     flags.DEFINE_integer("attention", 0, "Write attention.png: self-attention heatmaps over "
                          "this many query images.")
+    flags.DEFINE_bool("report", False, "Write report_<checkpoint>.html: training curves, "
+                      "scores, CMC, ranked lists and attention maps in one page.")
     flags.DEFINE_string("figures_dir", None, "Where the figures go (default: the workdir).")
 
 
@@ -146,6 +149,13 @@ def main(argv):
         rows = [(label, run.step, score_features(*features, run.data, config))]
     print(format_table(rows))
     figures = Path(FLAGS.figures_dir or FLAGS.workdir)
+    if FLAGS.report:
+        features = features or run_features(config, run)
+        result = rows[0][2] if not FLAGS.variants else score_features(*features, run.data,
+                                                                       config)
+        path = RunFigures(config, FLAGS.workdir, label, run.step, result, features, run.data,
+                          run.graphdef, run.state).write(figures / f"report_{which}.html")
+        print(f"wrote {path}")
     if FLAGS.visualize:
         print("wrote", ranked_list_png(config, run, FLAGS.visualize,
                                        figures / "ranked_lists.png", features=features))

@@ -107,6 +107,14 @@ def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
             "valid_queries": r["num_valid_queries"], "queries": r["num_queries"]}
 
 
+def cmc_curve(q: np.ndarray, g: np.ndarray, data: Data, config) -> np.ndarray:
+    """The CMC curve (fraction of queries matched within rank k, k = 1..``eval.max_rank``)
+    of query features ``q`` against gallery features ``g``, as ``score_features`` ranks."""
+    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
+    return evaluate(distance_matrix(q, g, config), q_pids, g_pids, q_cams, g_cams,
+                    max_rank=config.eval.max_rank)["cmc"]
+
+
 def evaluate_model(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:
     """``score_features`` of the model's query and gallery features."""
     return score_features(*query_gallery_features(eval_fn, graphdef, state, data, config,

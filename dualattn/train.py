@@ -40,10 +40,11 @@ from dualattn.baselines import (colour_histogram_scores, context_line, load_cont
 from dualattn.config_check import check_config, check_test_split
 from dualattn.data import load_data
 from dualattn.errors import UserError
-from dualattn.evaluation import (RATES, describe, evaluate_model, make_eval_fn,
+from dualattn.evaluation import (RATES, cmc_curve, describe, make_eval_fn,
                                  query_gallery_features, score_features)
 from dualattn.losses import objective
 from dualattn.mesh import data_parallel_shardings
+from dualattn.report import REPORT_FILE, RunFigures
 from dualattn.state import create_train_state, model_part
 from dualattn.summary_writer import SummaryWriter, flat_hparams
 from dualattn.visualize import ranked_lists
@@ -208,7 +209,9 @@ def measure_context(config, data, eval_fn, graphdef, state, batch_sharding,
     untrained = score_features(q, g, data, config)
     if jax.process_index() == 0:
         colour = colour_histogram_scores(data)
-        save_context(workdir, {"untrained": untrained, "colour_histograms": colour})
+        save_context(workdir, {"untrained": {**untrained,
+                                             "cmc": cmc_curve(q, g, data, config).tolist()},
+                               "colour_histograms": colour})
         print(f"before training: mAP {100 * untrained['mAP']:.2f} % (rank-1 "
               f"{100 * untrained['rank1']:.2f} %) for the untrained network, "
               f"{100 * colour['mAP']:.2f} % ({100 * colour['rank1']:.2f} %) for colour "
@@ -310,11 +313,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             start_step=start_step, num_steps=total_steps,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             num_workers=config.input.num_workers)
+    features = None  # the last evaluation's (query, gallery) features
+
     def evaluate_at(step: int) -> dict:
         """Score the model, log it, and keep it as the best checkpoint if it is."""
-        nonlocal best_map
-        q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
-                                      batch_sharding)
+        nonlocal best_map, features
+        q, g = features = query_gallery_features(eval_fn, *model_part(graphdef, state), data,
+                                                 config, batch_sharding)
         result = score_features(q, g, data, config)
         log.write("eval", {"step": step, "epoch": step // spe, **result})
         if config.eval.ranked_list_queries:
@@ -375,8 +380,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     ckpt.wait()
 
     if not result:  # resumed at the end: nothing left to train, report the final state
-        result = evaluate_model(eval_fn, *model_part(graphdef, state), data, config,
-                                batch_sharding)
+        features = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
+                                          batch_sharding)
+        result = score_features(*features, data, config)
+    if config.eval.report:
+        figures = RunFigures(config, workdir, "final", step, result, features, data,
+                             *model_part(graphdef, state))
+        if jax.process_index() == 0:
+            figures.write(workdir / REPORT_FILE)
     return result
 
 
@@ -393,6 +404,9 @@ def main(argv):
         if context:
             print(context_line(result, context))
         print(checkpoints_summary(Path(FLAGS.workdir)))
+        if FLAGS.config.eval.report:
+            print(f"report: {Path(FLAGS.workdir) / REPORT_FILE} (training curves, scores, "
+                  "CMC, ranked lists, attention maps; open it in a browser)")
 
 
 def checkpoints_summary(workdir: Path) -> str:

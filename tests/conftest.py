@@ -67,6 +67,7 @@ def trained_run(data_paths, tmp_path_factory):
     from tests.helpers import tiny_config
 
     c, workdir = tiny_config(data_paths, epochs=2), tmp_path_factory.mktemp("run")
+    c.eval.context = c.eval.report = True  # the baselines and report.html, tested on it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # counts differ from the published Market-1501
         train.train_and_evaluate(c, workdir)
