@@ -383,11 +383,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         features = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
                                           batch_sharding)
         result = score_features(*features, data, config)
-    if config.eval.report:
-        figures = RunFigures(config, workdir, "final", step, result, features, data,
-                             *model_part(graphdef, state))
-        if jax.process_index() == 0:
-            figures.write(workdir / REPORT_FILE)
+    if config.eval.report and jax.process_count() == 1:  # multi-process: evaluate --report
+        RunFigures(config, workdir, "final", step, result, features, data,
+                   *model_part(graphdef, state)).write(workdir / REPORT_FILE)
     return result
 
 
@@ -404,18 +402,26 @@ def main(argv):
         if context:
             print(context_line(result, context))
         print(checkpoints_summary(Path(FLAGS.workdir)))
-        if FLAGS.config.eval.report:
+        if FLAGS.config.eval.report and jax.process_count() == 1:
             print(f"report: {Path(FLAGS.workdir) / REPORT_FILE} (training curves, scores, "
                   "CMC, ranked lists, attention maps; open it in a browser)")
+        elif FLAGS.config.eval.report:
+            print(f"report: run python -m dualattn.evaluate --workdir {FLAGS.workdir} "
+                  "--report in one process")
 
 
 def checkpoints_summary(workdir: Path) -> str:
     """Where the final and the best checkpoint are, the best labelled as chosen on the test
-    set (report the final model, or say so)."""
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    folder = ckpt.directory
-    text = f"checkpoints: the final model (step {ckpt.latest_step()}) in {folder / 'latest'}"
-    best = ckpt.best.latest_step()
+    set (report the final model, or say so). Read from the folders' names: process 0 alone
+    prints it, and an orbax manager would wait for the other processes."""
+    folder = (workdir / "checkpoints").absolute()
+
+    def newest(which: str) -> int | None:
+        steps = [int(p.name) for p in (folder / which).glob("*") if p.name.isdigit()]
+        return max(steps, default=None)
+
+    text = f"checkpoints: the final model (step {newest('latest')}) in {folder / 'latest'}"
+    best = newest("best")
     if best is not None:
         mAP = logged_evaluations(workdir / "metrics.jsonl", best).get(best)
         text += ("; the best test mAP" + (f" ({100 * mAP:.2f} %)" if mAP is not None else "")
