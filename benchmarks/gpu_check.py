@@ -25,8 +25,8 @@ recorded as skipped:
 
 ``--dry-run`` runs the sections on whatever JAX and torch find (in CI: the CPU) with the
 tiny config, a few steps, the small evaluation size and ``pytest --collect-only``, so the
-command stays working where no GPU is; it skips the three that run another section's code
-with other values (P32, bfloat16 numerics). ``--wheels DIR`` first installs the wheels in DIR
+command stays working where no GPU is; it skips the four that run another section's code
+with other values (ours in float32, P32, bfloat16 numerics). ``--wheels DIR`` first installs the wheels in DIR
 (``benchmarks.gpu_wheels`` builds them) into a private folder, without network, for machines
 that lack grain, tensorflow-datasets or ml_collections.
 """
@@ -70,7 +70,8 @@ def train_sections(dry: bool) -> list[Section]:
     jax_, torch_ = base + ["--worker", "jax"], base + ["--worker", "torch", "--no-compile"]
     t, n = (120, 20) if dry else (150, 60)
     return [
-        Section("train: ours float32", jax_ + ["--dtype", "float32"], t, n, "train"),
+        Section("train: ours float32", jax_ + ["--dtype", "float32"], t, n, "train",
+                dry=False),
         Section("train: ours bfloat16", jax_ + ["--dtype", "bfloat16", "--count-flops"], t, n,
                 "train"),
         Section("train: twin AMP bf16, channels_last", torch_, t, n / 2, "train"),
