@@ -24,7 +24,7 @@ import numpy as np
 from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize
-from dualattn.baselines import hellinger_features, stripe_hsv_histogram
+from dualattn.baselines import hellinger_features, person_region, stripe_hsv_histogram
 from dualattn.metrics import compute_distance_matrix, evaluate
 
 
@@ -61,12 +61,11 @@ def main():
               for _ in range(5)]
     rows.append(("random ranking (mean of 5)", np.mean([c["cmc"][0] for c in chance]),
                  np.mean([c["cmc"][4] for c in chance]), np.mean([c["mAP"] for c in chance])))
-    def person_region(fn):  # the centre half of the width, where the person stands
-        return lambda img: fn(np.ascontiguousarray(img[:, 16:48]))
 
     for name, fn in (("global RGB histogram 8x8x8", rgb_histogram),
                      ("6-stripe HSV histogram", stripe_hsv_histogram),
-                     ("6-stripe HSV, centre half of the crop", person_region(stripe_hsv_histogram))):
+                     ("6-stripe HSV, centre half of the crop",
+                      lambda img: stripe_hsv_histogram(person_region(img)))):
         qf = hellinger_features(np.stack([fn(i) for i in q_img]))
         gf = hellinger_features(np.stack([fn(i) for i in g_img]))
         r = evaluate(compute_distance_matrix(qf, gf), q_pid, g_pid, q_cam, g_cam)

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from dualattn.baselines import context_line, hellinger_features, stripe_hsv_histogram
+from dualattn.baselines import (context_line, hellinger_features, person_region,
+                                stripe_hsv_histogram)
 
 
 def test_stripe_histograms_keep_where_on_the_body_a_colour_is():
@@ -15,11 +16,12 @@ def test_stripe_histograms_keep_where_on_the_body_a_colour_is():
     fa, fb = hellinger_features(np.stack([a, b]))
     assert np.linalg.norm(fa) == np.linalg.norm(fb) == 1.0  # Hellinger: unit length
     assert 0 < np.linalg.norm(fa - fb) <= np.sqrt(2)
+    assert person_region(red_top).shape == (128, 32, 3)  # the centre half of the width
 
 
 def test_the_context_line_says_how_far_training_took_the_network():
     line = context_line({"mAP": 0.811}, {"untrained": {"mAP": 0.12},
                                          "colour_histograms": {"mAP": 0.091}})
     assert line == ("context: mAP 81.1 % after training, against 12.0 % for the same network "
-                    "untrained and 9.1 % for colour histograms (six-stripe HSV) on the same test "
-                    "split: +69.1 points from learning")
+                    "untrained and 9.1 % for colour histograms (six-stripe HSV, person region) on "
+                    "the same test split: +69.1 points from learning")
