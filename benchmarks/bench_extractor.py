@@ -34,6 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.bench_evaluate import best_of  # noqa: E402
 from benchmarks.bench_train_step import load_config  # noqa: E402
 from configs import saved  # noqa: E402
 from dualattn import export  # noqa: E402
@@ -56,13 +57,9 @@ def make_run(config, workdir: Path, num_classes: int) -> dict:
 
 
 def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-    out = fn()  # warm-up: compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+    """``bench_evaluate.best_of`` after one warm-up call (which compiles)."""
+    fn()
+    return best_of(fn, repeats)
 
 
 def main():

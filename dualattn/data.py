@@ -42,6 +42,7 @@ def refuse_stray_generation(ds: ml_collections.ConfigDict) -> None:
 def load_data(config: ml_collections.ConfigDict) -> Data:
     """Prepare the dataset once (process 0; the others wait) and open its splits."""
     ds = config.dataset
+    builder = None
     if jax.process_index() == 0:
         if ds.synthetic and not Path(ds.root).exists():
             refuse_stray_generation(ds)
@@ -50,9 +51,11 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
             synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,
                                test_ids=ds.synthetic_test_ids, seed=config.seed)
             tmp.rename(ds.root)  # a half-written dataset never sits at `root`
-        prepare(ds.name, ds.root, ds.data_dir)
+        builder = prepare(ds.name, ds.root, ds.data_dir)
     multihost_utils.sync_global_devices("dataset prepared")
-    sources = data_sources(prepare(ds.name, ds.root, ds.data_dir, verbose=False))
+    if builder is None:  # the other processes open what process 0 prepared (and checked)
+        builder = prepare(ds.name, ds.root, ds.data_dir, verbose=False)
+    sources = data_sources(builder)
     (labels,) = read_columns(sources["train"], "label")
     sampler = make_sampler(config.input.sampler, labels, config.input.p, config.input.k,
                            seed=config.seed)

@@ -1,5 +1,5 @@
 """Test features of a split, their distances and the protocol's scores: the evaluation that
-training, ``dualattn.evaluate`` and ``dualattn.embed`` share.
+training and ``dualattn.evaluate`` share.
 
 Features come from a jitted eval step over the data-parallel mesh (each process decodes its
 share of every batch), gathered on every host in record order, and L2-normalised if the config
@@ -93,29 +93,27 @@ def coverage(result: dict) -> str:
     return f"{result['valid_queries']} of {result['queries']} queries have a valid match"
 
 
-def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
-                   rerank: bool | None = None) -> dict:
-    """Rank-1/5/10, mAP and mINP (fractions) of query features ``q`` against gallery
-    features ``g`` (``config.eval``'s distance, re-ranked if configured or ``rerank``), and
-    how many queries they cover (``valid_queries`` of ``queries``)."""
+def evaluate_features(q: np.ndarray, g: np.ndarray, data: Data, config,
+                      rerank: bool | None = None) -> dict:
+    """``dualattn.metrics.evaluate``'s result (the CMC curve up to ``eval.max_rank``, mAP,
+    mINP, query counts) of query features ``q`` against gallery features ``g``, at
+    ``config.eval``'s distance, re-ranked if configured or ``rerank``."""
     dist = distance_matrix(q, g, config, rerank=rerank)
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
-    r = evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=config.eval.max_rank)
+    return evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=config.eval.max_rank)
+
+
+def rates(r: dict) -> dict:
+    """Rank-1/5/10, mAP and mINP (fractions) of an ``evaluate_features`` result, and how many
+    queries they cover (``valid_queries`` of ``queries``)."""
     cmc = r["cmc"]
     return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]),
             "rank10": float(cmc[min(9, len(cmc) - 1)]), "mAP": r["mAP"], "mINP": r["mINP"],
             "valid_queries": r["num_valid_queries"], "queries": r["num_queries"]}
 
 
-def cmc_curve(q: np.ndarray, g: np.ndarray, data: Data, config) -> np.ndarray:
-    """The CMC curve (fraction of queries matched within rank k, k = 1..``eval.max_rank``)
-    of query features ``q`` against gallery features ``g``, as ``score_features`` ranks."""
-    (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
-    return evaluate(distance_matrix(q, g, config), q_pids, g_pids, q_cams, g_cams,
-                    max_rank=config.eval.max_rank)["cmc"]
+def score_features(q: np.ndarray, g: np.ndarray, data: Data, config,
+                   rerank: bool | None = None) -> dict:
+    """``rates`` of ``evaluate_features``."""
+    return rates(evaluate_features(q, g, data, config, rerank))
 
-
-def evaluate_model(eval_fn, graphdef, state, data: Data, config, batch_sharding) -> dict:
-    """``score_features`` of the model's query and gallery features."""
-    return score_features(*query_gallery_features(eval_fn, graphdef, state, data, config,
-                                                  batch_sharding), data, config)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dualattn.baselines import context_line, load_context
 from dualattn.data import Data
-from dualattn.evaluation import cmc_curve, describe
+from dualattn.evaluation import describe, evaluate_features
 from dualattn.visualize import TEXT, WHITE, attention_image, ranked_lists
 
 REPORT_FILE = "report.html"
@@ -137,6 +137,7 @@ def write_report(out: Path, title: str, summary: list[str],
 
 
 def read_rows(workdir: Path) -> list[dict]:
+    """The rows of ``workdir/metrics.jsonl`` (none if it is missing)."""
     path = Path(workdir) / "metrics.jsonl"
     rows = []
     for line in (path.read_text().splitlines() if path.exists() else []):
@@ -158,7 +159,7 @@ class RunFigures:
         self.config, self.workdir, self.label, self.step, self.result = (
             config, Path(workdir), label, step, result)
         q, g = features
-        self.cmc = cmc_curve(q, g, data, config)
+        self.cmc = evaluate_features(q, g, data, config)["cmc"]
         self.ranked = ranked_lists(config, data, q, g, queries)
         self.attention = None
         if config.model.use_sa:

@@ -40,11 +40,11 @@ from dualattn.baselines import (colour_histogram_scores, context_line, load_cont
 from dualattn.config_check import check_config, check_test_split
 from dualattn.data import load_data
 from dualattn.errors import UserError
-from dualattn.evaluation import (RATES, cmc_curve, describe, make_eval_fn,
-                                 query_gallery_features, score_features)
+from dualattn.evaluation import (RATES, describe, evaluate_features, make_eval_fn,
+                                 query_gallery_features, rates, score_features)
 from dualattn.losses import objective
 from dualattn.mesh import data_parallel_shardings
-from dualattn.report import REPORT_FILE, RunFigures
+from dualattn.report import REPORT_FILE, RunFigures, read_rows
 from dualattn.state import create_train_state, model_part
 from dualattn.summary_writer import SummaryWriter, flat_hparams
 from dualattn.visualize import ranked_lists
@@ -204,13 +204,12 @@ def measure_context(config, data, eval_fn, graphdef, state, batch_sharding,
                     workdir: Path) -> None:
     """The untrained network's and colour histograms' scores on the test split, kept in the
     workdir for the final ``context:`` line (``eval.context``)."""
-    q, g = query_gallery_features(eval_fn, *model_part(graphdef, state), data, config,
-                                  batch_sharding)
-    untrained = score_features(q, g, data, config)
+    scores = evaluate_features(*query_gallery_features(
+        eval_fn, *model_part(graphdef, state), data, config, batch_sharding), data, config)
+    untrained = rates(scores)
     if jax.process_index() == 0:
         colour = colour_histogram_scores(data)
-        save_context(workdir, {"untrained": {**untrained,
-                                             "cmc": cmc_curve(q, g, data, config).tolist()},
+        save_context(workdir, {"untrained": {**untrained, "cmc": scores["cmc"].tolist()},
                                "colour_histograms": colour})
         print(f"before training: mAP {100 * untrained['mAP']:.2f} % (rank-1 "
               f"{100 * untrained['rank1']:.2f} %) for the untrained network, "
@@ -245,18 +244,10 @@ def evaluation_due(config, step: int, steps_per_epoch: int) -> bool:
             and (epoch % config.eval.every_epochs == 0 or epoch == config.optim.epochs))
 
 
-def logged_evaluations(path: Path, upto: int) -> dict[int, float]:
-    """step -> mAP of the evaluation rows of ``metrics.jsonl`` up to step ``upto``."""
-    found = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a torn last line from a kill mid-write
-                continue
-            if "mAP" in row and row.get("step", upto + 1) <= upto:
-                found[int(row["step"])] = float(row["mAP"])
-    return found
+def logged_evaluations(workdir: Path, upto: int) -> dict[int, float]:
+    """step -> mAP of the evaluation rows of ``workdir/metrics.jsonl`` up to step ``upto``."""
+    return {int(r["step"]): float(r["mAP"]) for r in read_rows(workdir)
+            if "mAP" in r and r["step"] <= upto}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -293,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         start_step = meta["step"]
         # The checkpoint is written before its epoch's evaluation: the log says whether that
         # evaluation finished, and the best mAP so far.
-        logged = logged_evaluations(workdir / "metrics.jsonl", start_step)
+        logged = logged_evaluations(workdir, start_step)
         best_map = max([meta["best_mAP"], *logged.values()])
         evaluated = start_step in logged or not evaluation_due(config, start_step, spe)
         print(f"resumed from step {start_step} ("
@@ -423,7 +414,7 @@ def checkpoints_summary(workdir: Path) -> str:
     text = f"checkpoints: the final model (step {newest('latest')}) in {folder / 'latest'}"
     best = newest("best")
     if best is not None:
-        mAP = logged_evaluations(workdir / "metrics.jsonl", best).get(best)
+        mAP = logged_evaluations(workdir, best).get(best)
         text += ("; the best test mAP" + (f" ({100 * mAP:.2f} %)" if mAP is not None else "")
                  + f" at step {best} in {folder / 'best'}, chosen on the test set")
     return text

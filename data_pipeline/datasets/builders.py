@@ -121,9 +121,7 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     cls = BUILDERS[name]
     data_dir = Path(data_dir).expanduser()
-    with quiet_tfds():
-        builder = cls(data_dir=str(data_dir), file_format="array_record")
-        prepared = builder.is_prepared()
+    builder, prepared = _existing(name, data_dir)
     if prepared:
         check_source(builder, manual_dir)
         return builder
@@ -162,11 +160,15 @@ def quiet_tfds():
 def prepared_source(name: str, data_dir: str | Path) -> dict | None:
     """The fingerprint of the folder dataset ``name`` in ``data_dir`` was prepared from, or
     None when it is not prepared there (or was prepared before fingerprints were kept)."""
-    with quiet_tfds():
-        builder = BUILDERS[name](data_dir=str(Path(data_dir).expanduser()),
-                                 file_format="array_record")
-        prepared = builder.is_prepared()
+    builder, prepared = _existing(name, Path(data_dir).expanduser())
     return fingerprint.recorded(builder.data_dir) if prepared else None
+
+
+def _existing(name: str, data_dir: Path) -> tuple[ReIDBuilder, bool]:
+    """The builder of ``name`` in ``data_dir``, and whether it is prepared there."""
+    with quiet_tfds():
+        builder = BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
+        return builder, builder.is_prepared()
 
 
 def check_source(builder: ReIDBuilder, manual_dir: str | Path) -> None:
