@@ -41,6 +41,11 @@ def make_eval_fn(config, feature: str | None = None):
                    static_argnums=0)
 
 
+def l2_normalize(feats: np.ndarray) -> np.ndarray:
+    """Each row at unit length (a zero row stays zero): the test protocol's normalisation."""
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
 def extract_features(eval_fn, graphdef, state, source, config, batch_sharding) -> np.ndarray:
     """Test features of every record of ``source``, in order, gathered on every host."""
     chunks, indices = [], []
@@ -56,7 +61,7 @@ def extract_features(eval_fn, graphdef, state, source, config, batch_sharding) -
         indices.append(idx[mask])
     feats = np.concatenate(chunks)[np.argsort(np.concatenate(indices), kind="stable")]
     if config.eval.normalize_features:
-        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        feats = l2_normalize(feats)
     return feats
 
 

@@ -38,7 +38,7 @@ from configs import saved
 from data_pipeline.input_pipeline import resize_rgb
 from dualattn.config_check import check_config
 from dualattn.errors import UserError
-from dualattn.evaluation import eval_step
+from dualattn.evaluation import eval_step, l2_normalize
 from dualattn.mesh import data_parallel_shardings
 from dualattn.state import load_model
 
@@ -166,7 +166,7 @@ class FeatureExtractor:
             return np.zeros((0, self.dim), np.float32)
         feats = np.concatenate([np.asarray(o)[:n] for o, n in outputs]).astype(np.float32)
         if self._normalize:
-            feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+            feats = l2_normalize(feats)
         return feats
 
     def _run(self, images: np.ndarray) -> tuple[jax.Array, int]:
