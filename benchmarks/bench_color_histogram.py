@@ -7,8 +7,10 @@ through the Market builder, and ranks the gallery with hand-crafted colour featu
 - a global joint RGB histogram (8x8x8 bins),
 - six horizontal stripes of HSV histograms (8 hue x 4 saturation x 4 value each), the classic
   ReID hand-crafted baseline that keeps where on the body a colour is,
-and the stripes restricted to the centre half of the crop (mostly the person, little
-background), all as Hellinger distances (Euclidean between square-rooted normalised histograms), beside
+- and the stripes restricted to the centre half of the crop (mostly the person, little
+  background),
+
+all as Hellinger distances (Euclidean between square-rooted normalised histograms), beside
 random rankings. A trained network must beat these by a wide margin for the synthetic set to
 mean anything; the figures go to BENCHMARKS.md.
 """
@@ -24,8 +26,8 @@ import numpy as np
 from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize
-from dualattn.baselines import hellinger_features, person_region, stripe_hsv_histogram
-from dualattn.metrics import compute_distance_matrix, evaluate
+from dualattn.evaluation.baselines import hellinger_features, person_region, stripe_hsv_histogram
+from dualattn.evaluation.metrics import compute_distance_matrix, evaluate_rank
 
 
 def rgb_histogram(img: np.ndarray, bins: int = 8) -> np.ndarray:
@@ -57,10 +59,10 @@ def main():
     print(f"{'method':<40}{'R1':>8}{'R5':>8}{'mAP':>8}")
     rows = []
     rng = np.random.default_rng(args.seed)
-    chance = [evaluate(rng.random((len(q_img), len(g_img))), q_pid, g_pid, q_cam, g_cam)
+    chance = [evaluate_rank(rng.random((len(q_img), len(g_img))), q_pid, g_pid, q_cam, g_cam)
               for _ in range(5)]
-    rows.append(("random ranking (mean of 5)", np.mean([c["cmc"][0] for c in chance]),
-                 np.mean([c["cmc"][4] for c in chance]), np.mean([c["mAP"] for c in chance])))
+    rows.append(("random ranking (mean of 5)", np.mean([c.rank(1) for c in chance]),
+                 np.mean([c.rank(5) for c in chance]), np.mean([c.mAP for c in chance])))
 
     for name, fn in (("global RGB histogram 8x8x8", rgb_histogram),
                      ("6-stripe HSV histogram", stripe_hsv_histogram),
@@ -68,8 +70,8 @@ def main():
                       lambda img: stripe_hsv_histogram(person_region(img)))):
         qf = hellinger_features(np.stack([fn(i) for i in q_img]))
         gf = hellinger_features(np.stack([fn(i) for i in g_img]))
-        r = evaluate(compute_distance_matrix(qf, gf), q_pid, g_pid, q_cam, g_cam)
-        rows.append((name, r["cmc"][0], r["cmc"][4], r["mAP"]))
+        r = evaluate_rank(compute_distance_matrix(qf, gf), q_pid, g_pid, q_cam, g_cam)
+        rows.append((name, r.rank(1), r.rank(5), r.mAP))
     for name, r1, r5, m in rows:
         print(f"{name:<40}{100 * r1:>7.1f}%{100 * r5:>7.1f}%{100 * m:>7.1f}%")
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from dualattn.metrics import evaluate, evaluate_reference
+from dualattn.evaluation.metrics import evaluate_rank, evaluate_rank_reference
 
 
 def market_like_problem(num_q: int, num_g: int, seed: int = 0):
@@ -55,22 +55,22 @@ def main():
     print(f"distance matrix: {args.queries} x {args.gallery} float32 "
           f"({problem[0].nbytes / 2**20:.0f} MiB)\n")
 
-    t_fast, fast = best_of(lambda: evaluate(*problem), args.repeats)
-    t_fast1, _ = best_of(lambda: evaluate(*problem, num_threads=1), args.repeats)
-    t_ref, ref = best_of(lambda: evaluate_reference(*problem), 1)
+    t_fast, fast = best_of(lambda: evaluate_rank(*problem), args.repeats)
+    t_fast1, _ = best_of(lambda: evaluate_rank(*problem, num_threads=1), args.repeats)
+    t_ref, ref = best_of(lambda: evaluate_rank_reference(*problem), 1)
 
-    if not (np.array_equal(fast["cmc"], ref["cmc"]) and np.isclose(fast["mAP"], ref["mAP"])
-            and np.isclose(fast["mINP"], ref["mINP"])):
-        raise SystemExit("MISMATCH between evaluate and evaluate_reference")
+    if not (np.array_equal(fast.cmc, ref.cmc) and np.isclose(fast.mAP, ref.mAP)
+            and np.isclose(fast.mINP, ref.mINP)):
+        raise SystemExit("MISMATCH between evaluate_rank and evaluate_rank_reference")
 
     print(f"{'evaluator':<34}{'seconds':>9}{'speed-up':>10}")
-    rows = [(f"evaluate ({os.cpu_count()} threads)", t_fast), ("evaluate (1 thread)", t_fast1),
+    rows = [(f"evaluate_rank ({os.cpu_count()} threads)", t_fast),
+            ("evaluate_rank (1 thread)", t_fast1),
             ("per-query loop (reference)", t_ref)]
     for name, t in rows:
         print(f"{name:<34}{t:>9.3f}{t_ref / t:>9.1f}x")
-    print(f"\nresults agree: R1 {fast['cmc'][0]:.4f}  R5 {fast['cmc'][4]:.4f}  "
-          f"mAP {fast['mAP']:.4f}  mINP {fast['mINP']:.4f}  "
-          f"({fast['num_valid_queries']} valid queries)")
+    print(f"\nresults agree: R1 {fast.rank(1):.4f}  R5 {fast.rank(5):.4f}  "
+          f"mAP {fast.mAP:.4f}  mINP {fast.mINP:.4f}  ({fast.valid_queries} valid queries)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dualattn import xla_flags
+from dualattn.run import xla_flags
 
 xla_flags.prefer_cpu_flags()
 
@@ -38,12 +38,12 @@ from benchmarks.bench_evaluate import best_of  # noqa: E402
 from benchmarks.bench_train_step import load_config  # noqa: E402
 from configs import saved  # noqa: E402
 from dualattn import export  # noqa: E402
-from dualattn.extractor import FeatureExtractor  # noqa: E402
-from dualattn.interop.convert import import_state_dict  # noqa: E402
-from dualattn.interop.files import write_safetensors  # noqa: E402
-from dualattn.interop.onnx_export import served_twin  # noqa: E402
-from dualattn.interop.state_dict import flax_to_torch  # noqa: E402
-from dualattn.state import create_model  # noqa: E402
+from dualattn.interop.onnx import served_twin  # noqa: E402
+from dualattn.run.model import create_model, import_weights  # noqa: E402
+from dualattn.run.workdir import RunDir, atomic_write  # noqa: E402
+from dualattn.serving.extractor import FeatureExtractor  # noqa: E402
+from dualattn.weights.files import write_safetensors  # noqa: E402
+from dualattn.weights.state_dict import flax_to_torch  # noqa: E402
 
 
 def make_run(config, workdir: Path, num_classes: int) -> dict:
@@ -51,8 +51,8 @@ def make_run(config, workdir: Path, num_classes: int) -> dict:
     state_dict = flax_to_torch(create_model(config, num_classes))
     weights = workdir / "weights.safetensors"
     write_safetensors(weights, state_dict)
-    import_state_dict(config, weights, workdir / "run")
-    saved.save(config, workdir / "run")
+    import_weights(config, weights, workdir / "run")
+    atomic_write(RunDir(workdir / "run").config, saved.to_json(config))
     return state_dict
 
 
@@ -86,10 +86,10 @@ def main():
         state_dict = make_run(config, tmp, args.classes)
         run = tmp / "run"
         start = time.perf_counter()
-        export.export_run(config, run, "onnx", tmp / "model.onnx")
+        export.export_file(config, run, "onnx", tmp / "model.onnx")
         onnx_s = time.perf_counter() - start
         start = time.perf_counter()
-        export.export_run(config, run, "stablehlo", tmp / "model.stablehlo")
+        export.export_file(config, run, "stablehlo", tmp / "model.stablehlo")
         hlo_s = time.perf_counter() - start
         sizes = {f: (tmp / f"model.{f}").stat().st_size / 2**20 for f in ("onnx", "stablehlo")}
         print(f"export: onnx {onnx_s:.0f} s ({sizes['onnx']:.0f} MiB), stablehlo {hlo_s:.0f} s "
@@ -108,14 +108,15 @@ def main():
         paths = {
             "FeatureExtractor": extract,
             "torch twin": torch_twin,
-            "onnxruntime": lambda crops: session.run(None, {"images": extract.preprocess(crops)})[0],
+            "onnxruntime": lambda crops: session.run(
+                None, {"images": extract.preprocess(crops)})[0],
             "stablehlo": lambda crops: np.asarray(hlo.call(extract.preprocess(crops))),
         }
         rng = np.random.default_rng(0)
         rows = []
         for batch in args.batches:
             crops = list(rng.integers(0, 256, (batch, *args.crop, 3), dtype=np.uint8))
-            results = {name: best_time(lambda f=fn: f(crops), args.repeats)
+            results = {name: best_time(lambda f=fn, c=crops: f(c), args.repeats)
                        for name, fn in paths.items()}
             reference = results["FeatureExtractor"][1]
             rows.append((batch, {name: (batch / t, float(np.abs(out - reference).max()))
@@ -130,7 +131,7 @@ def main():
         print(f"{batch:>5}  " + "  ".join(f"{row[n][1]:>26.1e}" for n in names))
     twin_vs = [row["FeatureExtractor"][0] / row["torch twin"][0] for _, row in rows]
     print("\nFeatureExtractor / torch twin: "
-          + ", ".join(f"{r:.2f}x at batch {b}" for r, (b, _) in zip(twin_vs, rows)))
+          + ", ".join(f"{r:.2f}x at batch {b}" for r, (b, _) in zip(twin_vs, rows, strict=True)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from data_pipeline import synthetic
 from data_pipeline.datasets import data_sources, prepare, read_columns
 from data_pipeline.input_pipeline import decode_resize, train_dataset
 from data_pipeline.sampler import PKSampler
-from dualattn.augment import AugmentConfig, augment
+from dualattn.training.augment import AugmentConfig, augment
 
 IMAGE_SIZE = (384, 128)
 
@@ -84,7 +84,7 @@ def main():
     aug_rate = reps * args.batch / (time.perf_counter() - start)
     rows.append((f"augmentation on {jax.devices()[0].platform}", aug_rate, None))
 
-    print(f"\n{'stage (384x128, batch %d)' % args.batch:<34}{'images/s':>10}{'per core':>10}")
+    print(f"\n{f'stage (384x128, batch {args.batch})':<34}{'images/s':>10}{'per core':>10}")
     for name, rate, per_core in rows:
         per = f"{per_core:>10.0f}" if per_core is not None else f"{'':>10}"
         print(f"{name:<34}{rate:>10.0f}{per}")

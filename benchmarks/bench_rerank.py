@@ -48,8 +48,8 @@ def features(q: int, g: int, ids: int, dim: int, seed: int = 0):
 
 
 def worker(size: str, dim: int) -> dict:
-    from dualattn.metrics import compute_distance_matrix
-    from dualattn.rerank import re_ranking_features, re_ranking_reference
+    from dualattn.evaluation.metrics import compute_distance_matrix
+    from dualattn.evaluation.rerank import re_ranking_features, re_ranking_reference
 
     q, g, ids = SIZES[size]
     qf, gf = features(q, g, ids, dim)
@@ -85,7 +85,7 @@ def main() -> None:
     for size in args.sizes:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_rerank", "--worker",
                                size, "--dim", str(args.dim)], capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"{size} failed:\n{proc.stderr[-3000:]}")
         r = json.loads(lines[-1][len("RESULT "):])

@@ -9,7 +9,7 @@ L2 weight decay. Ours is the trainer's real ``train_step`` with augmentation swi
 twin's input is likewise ready-made); it receives uint8 images and normalises them on the
 device, the twin receives normalised float32. Printed: images/s (after ``--warmup`` steps,
 which include compilation), peak memory and the ratio. Ours starts as the trainer does, with
-``dualattn.xla_flags``' CPU flags where ``XLA_FLAGS`` does not already set them; the flags it
+``dualattn.run.xla_flags``' CPU flags where ``XLA_FLAGS`` does not already set them; the flags it
 ran with are printed under the table.
 
 Precision follows the platform, as users would run each framework:
@@ -17,7 +17,7 @@ Precision follows the platform, as users would run each framework:
 - GPU: ours with ``model.dtype=bfloat16``; the twin in AMP bf16 autocast, channels_last and
   ``torch.compile`` (``--no-compile`` / ``--no-channels-last`` to drop those). TF32 is left to
   each framework's default here: this is a speed comparison, numerics are
-  ``dualattn.interop.compare``'s job.
+  ``dualattn.compare``'s job.
 
 Peak memory: process peak RSS on the CPU; on a GPU the allocator's peak (JAX's
 ``peak_bytes_in_use``, torch's ``max_memory_allocated``).
@@ -71,19 +71,20 @@ def run_jax(config, steps: int, warmup: int, dtype: str = "auto",
     compiles the step once more, from the persistent cache when one is set)."""
     import os
 
-    from dualattn import xla_flags
+    from dualattn.run import xla_flags
 
     xla_flags.prefer_cpu_flags()  # as the entry points do, before the backend starts
     import jax
 
-    from dualattn.augment import AugmentConfig
-    from dualattn.state import create_train_state
-    from dualattn.train import make_train_step
+    from dualattn.run.model import create_train_state
+    from dualattn.training.augment import AugmentConfig
+    from dualattn.training.step import make_train_step
 
     gpu = jax.devices()[0].platform == "gpu"
     config.model.dtype = ("bfloat16" if gpu else "float32") if dtype == "auto" else dtype
-    graphdef, state, schedule = create_train_state(config, NUM_CLASSES, 1000)
-    step_fn = make_train_step(config, schedule, AugmentConfig(
+    train = create_train_state(config, NUM_CLASSES, 1000)
+    graphdef, state = train.graphdef, train.state
+    step_fn = make_train_step(config, train.schedule, AugmentConfig(
         flip=False, translate=0, rotate_degrees=0.0, erase_prob=0.0))
     images, labels = batch(config)
     images, labels = jax.device_put(images), jax.device_put(labels)
@@ -122,8 +123,9 @@ def step_flops(step_fn, *args) -> float | None:
 def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bool) -> dict:
     import torch
 
-    from dualattn.interop.traces import torch_reid_loss
     from dualattn.interop.torch_model import TorchReIDNet
+    from dualattn.interop.traces import torch_reid_loss
+    from dualattn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -131,8 +133,8 @@ def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bo
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                            lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     images, labels = batch(config)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     x = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std).to(device)
     y = torch.from_numpy(labels).long().to(device)
     notes = ["f32"]
@@ -150,7 +152,7 @@ def run_torch(config, steps: int, warmup: int, compile_: bool, channels_last: bo
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             feats, logits = forward(x)
-            loss, _, _ = torch_reid_loss(feats.float(), logits.float(), y, config.loss)
+            loss, _ = torch_reid_loss(feats.float(), logits.float(), y, config.loss)
         loss.backward()
         opt.step()
         return loss
@@ -218,7 +220,7 @@ def main() -> None:
         cmd += [] if args.compile else ["--no-compile"]
         cmd += [] if args.channels_last else ["--no-channels-last"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"{name} worker failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][len("RESULT "):]))

@@ -17,7 +17,7 @@ recorded as skipped:
 2. the same at P32 x K4 (ours bf16, twin AMP): scaling with batch;
 3. Market-size evaluation (distances on the device, CMC/mAP) and k-reciprocal re-ranking, on
    synthetic 2048-D features shaped like Market's test set;
-4. ``dualattn.interop.compare``'s comparison with both frameworks on the GPU, float32 with
+4. ``dualattn.compare``'s comparison with both frameworks on the GPU, float32 with
    TF32 off and bfloat16, against the float64 reference (CPU), at the market network and
    size, 2 ids x 2 images, 2 steps;
 5. the tests marked ``gpu`` (``pytest -m gpu``: the device-dependent ones);
@@ -26,9 +26,9 @@ recorded as skipped:
 ``--dry-run`` runs the sections on whatever JAX and torch find (in CI: the CPU) with the
 tiny config, a few steps, the small evaluation size and ``pytest --collect-only``, so the
 command stays working where no GPU is; it skips the four that run another section's code
-with other values (ours in float32, P32, bfloat16 numerics). ``--wheels DIR`` first installs the wheels in DIR
-(``benchmarks.gpu_wheels`` builds them) into a private folder, without network, for machines
-that lack grain, tensorflow-datasets or ml_collections.
+with other values (ours in float32, P32, bfloat16 numerics). ``--wheels DIR`` first installs
+the wheels in DIR (``benchmarks.gpu_wheels`` builds them) into a private folder, without
+network, for machines that lack grain, tensorflow-datasets or ml_collections.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def sections(dry: bool) -> list[Section]:
 
 def parse(kind: str, output: str) -> dict:
     if kind in ("train", "eval", "compare"):
-        lines = [l for l in output.splitlines() if l.startswith("RESULT ")]
+        lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         if not lines:
             raise ValueError("no RESULT line")
         return json.loads(lines[-1][len("RESULT "):])
@@ -144,8 +144,8 @@ def eval_worker(dry: bool) -> dict:
     import numpy as np
 
     from benchmarks.bench_rerank import SIZES, labelled_features
-    from dualattn.metrics import compute_distance_matrix, evaluate
-    from dualattn.rerank import re_ranking_features
+    from dualattn.evaluation.metrics import compute_distance_matrix, evaluate_rank
+    from dualattn.evaluation.rerank import re_ranking_features
 
     size = "small" if dry else "market"
     q, g, ids = SIZES[size]
@@ -157,25 +157,25 @@ def eval_worker(dry: bool) -> dict:
     dist = np.asarray(compute_distance_matrix(qf, gf, "euclidean"))
     distance_s = time.perf_counter() - start
     start = time.perf_counter()
-    scores = evaluate(dist, q_ids, g_ids, q_cams, g_cams)
+    scores = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams)
     evaluate_s = time.perf_counter() - start
     start = time.perf_counter()
     re_ranking_features(qf, gf)
     rerank_s = time.perf_counter() - start
     return {"size": size, "queries": q, "gallery": g, "device": jax.devices()[0].device_kind,
             "distance_s": distance_s, "evaluate_s": evaluate_s, "rerank_s": rerank_s,
-            "mAP": float(scores["mAP"])}
+            "mAP": scores.mAP}
 
 
 def compare_worker(dry: bool, dtype: str) -> dict:
-    """``dualattn.interop.compare`` at 2 ids x 2 images, 2 steps, both frameworks on the GPU
+    """``dualattn.compare``'s comparison at 2 ids x 2 images, 2 steps, both frameworks on the GPU
     (when there is one), against the float64 reference on the CPU. The dry run takes one step
     without the reference (``tests/test_interop.py`` runs it on the CPU)."""
     import jax
     import torch
 
     from configs import market, tiny
-    from dualattn.interop.compare import build_pair, compare_networks, pk_batch, set_true_f32
+    from dualattn.interop.numerics import build_pair, compare_networks, pk_batch, set_true_f32
 
     set_true_f32()
     config = (tiny if dry else market).get_config()
@@ -300,12 +300,11 @@ def markdown(report: dict) -> str:
 
 
 def write(out: Path, report: dict) -> None:
+    from dualattn.run.workdir import atomic_write  # standard library only
+
     report["train"], report["flops_per_image"] = train_rows(report["sections"])
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2) + "\n"),
-                       ("gpu_check.md", markdown(report))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    atomic_write(out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "gpu_check.md", markdown(report))
 
 
 def run_section(section: Section, timeout: float, env: dict, log) -> dict:

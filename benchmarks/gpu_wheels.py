@@ -97,8 +97,8 @@ def requirements(wheel: Path) -> list[Requirement]:
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         lines = z.read(meta).decode().splitlines()
-    return [Requirement(l.split(":", 1)[1].strip()) for l in lines
-            if l.startswith("Requires-Dist:")]
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines
+            if line.startswith("Requires-Dist:")]
 
 
 def resolve(dest: Path, python: str) -> list[Path]:

@@ -3,7 +3,7 @@
     python -m benchmarks.gradient_sensitivity                      # Market network, 128x64
     python -m benchmarks.gradient_sensitivity --workdir runs/synthetic
 
-The PyTorch twin alone (it is the faster of the two on a CPU, and ``dualattn.interop.compare``
+The PyTorch twin alone (it is the faster of the two on a CPU, and ``dualattn.compare``
 shows ours matches it), on the same weights and batch (P8 x K4 random pixels), once in float32
 and once in float64, one train step of the paper's objective. Printed per variant: the
 largest relative difference of the train features and of the gradients (``max|g32 - g64| /
@@ -14,8 +14,7 @@ Variants change one thing each: the paths ``compare`` opens (BN statistics, atte
 classifier scale) left closed or partly closed, BN in eval mode (running statistics instead of
 batch statistics), one bottleneck per stage instead of ResNet-50's depth, and the network's
 two kinks smoothed: ReLU replaced by GELU, max-pooling by average pooling. The kinks are where
-the differences come from; the module docstring of ``dualattn.interop.compare`` has the
-figures.
+the differences come from; BENCHMARKS.md ("Numerics") has the figures.
 """
 
 from __future__ import annotations
@@ -28,10 +27,16 @@ import numpy as np
 import torch
 
 from configs import market, saved
-from dualattn.interop.compare import (ZERO_GRADIENT, build_pair, exercise_all_paths, pk_batch,
-                                      relative, twin_of)
+from dualattn.interop.numerics import (
+    ZERO_GRADIENT,
+    build_pair,
+    exercise_all_paths,
+    pk_batch,
+    relative,
+    twin_of,
+)
 from dualattn.interop.traces import torch_reid_loss
-from dualattn.state import create_model
+from dualattn.run.model import create_model
 
 
 @contextlib.contextmanager
@@ -93,7 +98,7 @@ def variants(args):
                 exercise_all_paths(model, c.seed)
             if small_classifier:
                 model.classifier.kernel[...] = kernel
-            return twin_of(model, c.model.to_dict(), 751)
+            return twin_of(model, c.model.to_dict())
         opened = twin_with()
         yield "as compare builds it (every path opened)", opened, config, {}
         yield "plain initialisation (paths closed)", twin_with(opened=False), config, {}

@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bnneck = True
     c.model.test_feature = "after"
     c.model.dtype = "float32"  # "bfloat16" for mixed precision on GPUs and TPUs
-    # 1x1 convolutions as matmuls with XLA:CPU-friendly gradients (dualattn.cpu_schedule):
+    # 1x1 convolutions as matmuls with XLA:CPU-friendly gradients (dualattn.models.cpu_conv):
     # "auto" = on when JAX runs on the CPU, or "on" / "off"; same values, faster there.
     # "off" for forward-mode differentiation (jax.jvp) through the network.
     c.model.cpu_schedule = "auto"
@@ -67,8 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.1
     c.loss.margin = 0.3
-    c.loss.ce_weight = 1.0
-    c.loss.triplet_weight = 1.0
+    # One weight per term of dualattn.training.losses.TERMS; 0 leaves a term out.
+    c.loss.weights = ml_collections.ConfigDict({"cross_entropy": 1.0, "triplet": 1.0})
 
     c.optim = ml_collections.ConfigDict()
     c.optim.epochs = 500
@@ -97,10 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Queries drawn with their top-10 gallery images in TensorBoard at each evaluation (0: none).
     c.eval.ranked_list_queries = 6
     # Score the untrained network and colour histograms before training, and end with a line
-    # putting the final mAP against them (dualattn.baselines); costs one evaluation.
-    c.eval.context = False
-    # Write WORKDIR/report.html at the end of training (dualattn.report): curves, scores, CMC,
-    # ranked lists and attention maps in one self-contained page.
+    # putting the final mAP against them (dualattn.evaluation.baselines); costs one
+    # evaluation.
+    c.eval.baselines = False
+    # Write WORKDIR/report.html at the end of training (dualattn.evaluation.report): curves,
+    # scores, CMC, ranked lists and attention maps in one self-contained page.
     c.eval.report = True
 
     c.log_every_steps = 50

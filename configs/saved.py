@@ -13,7 +13,8 @@ import ml_collections
 
 from configs import common
 
-FILENAME = "config.json"
+# Paths made absolute when saved, so that later commands can run from any folder.
+PATH_KEYS = (("dataset", "root"), ("dataset", "data_dir"), ("pretrained",))
 
 
 def _update(config: ml_collections.ConfigDict, saved: dict) -> None:
@@ -35,13 +36,9 @@ def get_config(path: str) -> ml_collections.ConfigDict:
     return config
 
 
-# Paths made absolute when saved, so that later commands can run from any folder.
-PATH_KEYS = (("dataset", "root"), ("dataset", "data_dir"), ("pretrained",))
-
-
-def save(config: ml_collections.ConfigDict, workdir: Path) -> Path:
-    """Write ``config`` as ``workdir/config.json`` (a temporary file, then a rename), with
-    its dataset and weight paths made absolute."""
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """``config`` resolved, with its dataset and weight paths made absolute, as the JSON text
+    ``get_config`` reads back."""
     config = config.copy_and_resolve_references()
     for *parents, leaf in PATH_KEYS:
         node = config
@@ -49,8 +46,4 @@ def save(config: ml_collections.ConfigDict, workdir: Path) -> Path:
             node = node[p]
         if node[leaf]:
             node[leaf] = str(Path(node[leaf]).expanduser().absolute())
-    out = Path(workdir) / FILENAME
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=False) + "\n")
-    tmp.replace(out)
-    return out
+    return config.to_json_best_effort(indent=2, sort_keys=False) + "\n"

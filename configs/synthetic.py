@@ -27,7 +27,7 @@ def get_config():
     c.optim.warmup_epochs = 3
     c.optim.decay_epochs = (25, 35)
     c.eval.every_epochs = 10
-    c.eval.context = True  # the demo ends by saying how far training took it
+    c.eval.baselines = True  # the demo ends by saying how far training took it
     c.log_every_steps = 20
     c.checkpoint_every_epochs = 5
     return c

@@ -26,6 +26,6 @@ def get_config():
     c.checkpoint_every_epochs = 1
     # The tests' config: the baselines and the report cost an evaluation and a compilation
     # each, so they are switched on only where tested.
-    c.eval.context = False
+    c.eval.baselines = False
     c.eval.report = False
     return c

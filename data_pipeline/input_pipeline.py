@@ -2,7 +2,7 @@
 
 Each element is one *per-process* batch of uint8 images resized to the model's input size:
 the CPU side only decodes and resizes; augmentation runs on the accelerator
-(``dualattn.augment``). Elements are indexed by step, so a resumed run starts at its step
+(``dualattn.training.augment``). Elements are indexed by step, so a resumed run starts at its step
 with nothing else to restore, and every process reads only its own slice of each global
 batch (``process_share``). With ``num_workers > 0`` batches are built in grain worker
 processes; the loaders below are plain picklable classes for that reason.

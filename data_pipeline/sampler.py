@@ -45,7 +45,7 @@ class PKSampler:
         self.batch_size = p * k
         self.steps_per_epoch = max(1, labels.size // self.batch_size)
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - samplers live as long as their run
     def epoch(self, epoch: int) -> np.ndarray:
         """(steps_per_epoch, P*K) record indices; K consecutive entries share an identity."""
         rng = np.random.default_rng([self.seed, epoch])
@@ -96,7 +96,7 @@ class IdentitySampler(PKSampler):
             available = [i for i in available if chunks[i]]
         return batches
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - samplers live as long as their run
     def epoch(self, epoch: int) -> np.ndarray:
         """(steps_per_epoch, P*K) record indices; K consecutive entries share an identity."""
         rng = np.random.default_rng([self.seed, epoch])

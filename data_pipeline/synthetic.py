@@ -106,7 +106,8 @@ def make_camera(rng: np.random.Generator) -> Camera:
     background[floor:] = rng.uniform(50, 150, 3)
     for _ in range(int(rng.integers(3, 8))):  # walls, windows, signs
         y0, x0 = rng.integers(0, floor), rng.integers(0, w)
-        background[y0:y0 + rng.integers(5, 40), x0:x0 + rng.integers(5, 30)] = rng.uniform(30, 230, 3)
+        height, width = rng.integers(5, 40), rng.integers(5, 30)
+        background[y0:y0 + height, x0:x0 + width] = rng.uniform(30, 230, 3)
     return Camera(
         background=background.astype(np.float32),
         gain=rng.uniform(0.8, 1.2, 3).astype(np.float32),
@@ -169,7 +170,8 @@ def draw_person(img: np.ndarray, who: Identity, view: str, rng: np.random.Genera
     # arms: both from front/back, one from the side
     arm_sides = (1,) if view == "side" else (-1, 1)
     for side in arm_sides:
-        ax = cx + side * (half_w + 0.12 * half_w) if view != "side" else cx + rng.uniform(-0.3, 0.3) * half_w
+        ax = (cx + side * (half_w + 0.12 * half_w) if view != "side"
+              else cx + rng.uniform(-0.3, 0.3) * half_w)
         img[_box(torso_y0 + 0.02 * unit, torso_y1 + 0.02 * unit, ax - 0.22 * half_w,
                  ax + 0.22 * half_w)] = who.upper
         img[_box(torso_y1 + 0.02 * unit, torso_y1 + 0.06 * unit, ax - 0.2 * half_w,
@@ -184,7 +186,8 @@ def draw_person(img: np.ndarray, who: Identity, view: str, rng: np.random.Genera
     # head: face from the front, hair only from the back
     head = _ellipse(head_cy, cx, head_r, head_r * 0.8)
     img[head] = who.hair if view == "back" else who.skin
-    img[_ellipse(head_cy - 0.5 * head_r, cx, 0.6 * head_r, 0.85 * head_r) & ~(_YY > head_cy)] = who.hair
+    crown = _ellipse(head_cy - 0.5 * head_r, cx, 0.6 * head_r, 0.85 * head_r)
+    img[crown & ~(_YY > head_cy)] = who.hair
     if who.long_hair and view != "front":
         img[_box(head_cy, head_cy + 0.14 * unit, cx - 0.6 * head_r, cx + 0.6 * head_r)] = who.hair
 
@@ -294,7 +297,8 @@ def generate(out: str | Path, *, layout: str = "market1501", train_ids: int = 10
         is_test = n >= train_ids
         for cam in sorted(seen):
             for k in range(int(rng.integers(images_per_camera[0], images_per_camera[1] + 1))):
-                split = ("query" if k == 0 else "bounding_box_test") if is_test else "bounding_box_train"
+                split = (("query" if k == 0 else "bounding_box_test") if is_test
+                         else "bounding_box_train")
                 write(split, render(who, cams[cam], rng), int(pid), int(cam))
     if layout == "market1501":
         rng = np.random.default_rng([seed, 0])

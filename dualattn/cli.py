@@ -1,11 +1,12 @@
-"""The command line shared by every entry point (train, evaluate, embed, compare, convert).
+"""The command line shared by every entry point (train, evaluate, embed, export, convert,
+compare).
 
 ``run(main)`` starts an absl app with our flag parser and turns every error a user can cause
 into one ``error: ...`` line (bad flags, unknown config keys, a config file that does not
 load, usage errors, ``dualattn.errors.UserError`` and the dataset builders'
-``DatasetLayoutError``), with exit status 1 and that line last on stderr. Before ``main`` runs, the process gets our XLA:CPU
-flags (``dualattn.xla_flags``), quiet library logging and, in a multi-process launch, its place
-in the distributed run.
+``DatasetLayoutError``), with exit status 1 and that line last on stderr. Before ``main``
+runs, the process gets our XLA:CPU flags (``dualattn.run.xla_flags``), quiet library logging
+and, in a multi-process launch, its place in the distributed run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import re
 import sys
 import warnings
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -23,9 +23,10 @@ from ml_collections import config_flags
 
 from configs import saved
 from data_pipeline.datasets import DatasetLayoutError
-from dualattn import xla_flags
-from dualattn.checkpoint import CheckpointMismatchError, CheckpointWriteError
 from dualattn.errors import UserError
+from dualattn.run import xla_flags
+from dualattn.run.checkpoint import CheckpointMismatchError, CheckpointWriteError
+from dualattn.run.workdir import RunDir
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +51,6 @@ def require(*names: str) -> None:
                "training run)" if "--config" in missing and "workdir" in FLAGS else ""))
 
 
-
 def _flag_value(argv: list[str], name: str) -> str | None:
     """The value of ``--name=V`` or ``--name V`` in ``argv`` (the last one given), else None."""
     value = None
@@ -68,9 +68,9 @@ def with_saved_config(argv: list[str]) -> list[str]:
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
     workdir = _flag_value(argv, "workdir")
-    if workdir is None or not (Path(workdir) / saved.FILENAME).is_file():
+    if workdir is None or not RunDir(workdir).config.is_file():
         return argv
-    return [argv[0], f"--config={saved.__file__}:{Path(workdir) / saved.FILENAME}", *argv[1:]]
+    return [argv[0], f"--config={saved.__file__}:{RunDir(workdir).config}", *argv[1:]]
 
 
 def parse_flags(argv: list[str]) -> list[str]:

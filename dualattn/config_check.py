@@ -1,10 +1,11 @@
 """Every setting checked before any work is spent, each problem named with its fix.
 
 ml_collections already refuses unknown keys and values of the wrong type; this adds what
-only the meaning of a key decides (a choice among names, a range, four stage sizes), what the
-devices decide (batches that divide over them) and what the data decides (a test split with
-at least one scorable query). Every entry point calls it before loading a model or a dataset,
-so a run never trains an epoch to die at its evaluation.
+only the meaning of a key decides (a choice among names, a range, four stage sizes, one
+weight per loss term) and what the devices decide (batches that divide over them). Every
+entry point calls it before loading a model or a dataset, so a run never trains an epoch to
+die at its evaluation; what the data decides (a test split with a scorable query) is
+``dualattn.run.data.check_test_split``'s.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-import numpy as np
-
 from data_pipeline.datasets import BUILDERS
 from data_pipeline.sampler import SAMPLERS
-from dualattn.cpu_schedule import CHOICES as CPU_SCHEDULES
 from dualattn.errors import ConfigError
-from dualattn.metrics import DISTANCE_METRICS
+from dualattn.evaluation.metrics import DISTANCE_METRICS
+from dualattn.models.cpu_conv import CHOICES as CPU_SCHEDULES
 from dualattn.models.reid import TEST_FEATURES
-from dualattn.optim import SCHEDULES
+from dualattn.training.losses import TERMS
+from dualattn.training.optim import SCHEDULES
 
 CHOICES = {
     "dataset.name": tuple(sorted(BUILDERS)),
@@ -43,7 +43,6 @@ RANGES = {
     "model.width": (1, math.inf, True), "model.se_reduction": (1, math.inf, True),
     "model.sa_reduction": (1, math.inf, True),
     "loss.label_smoothing": (0, 1, True), "loss.margin": (0, math.inf, True),
-    "loss.ce_weight": (0, math.inf, True), "loss.triplet_weight": (0, math.inf, True),
     "optim.epochs": (1, math.inf, True), "optim.lr": (0, math.inf, False),
     "optim.weight_decay": (0, math.inf, True), "optim.warmup_epochs": (0, math.inf, True),
     "optim.warmup_factor": (0, 1, False), "optim.decay_factor": (0, math.inf, False),
@@ -100,6 +99,15 @@ def problems(config) -> list[str]:
             isinstance(decays, (tuple, list))
             and all(isinstance(e, int) and e >= 0 for e in decays)):
         found.append(f"optim.decay_epochs={decays!r}: a tuple of epochs, e.g. (40, 70)")
+    weights = _get(config, "loss.weights")
+    if weights is not _MISSING:
+        for name in sorted(set(weights) ^ set(TERMS)):
+            found.append(f"loss.weights.{name}: " + (
+                "not a loss term (the terms are " + ", ".join(TERMS) + ")" if name in weights
+                else "missing: every term of dualattn.training.losses.TERMS needs a weight"))
+        for name, weight in weights.items():
+            if isinstance(weight, Real) and weight < 0:
+                found.append(f"loss.weights.{name}={weight!r}: must be at least 0")
     return found
 
 
@@ -119,20 +127,3 @@ def check_config(config, devices: int | None = None) -> None:
     if found:
         raise ConfigError(f"{len(found)} setting(s) cannot work: " + "; ".join(found)
                           + " (every key is described in configs/common.py)")
-
-
-def check_test_split(ids: dict[str, tuple[np.ndarray, np.ndarray]], root: str) -> int:
-    """How many queries have a valid match (an image of their identity in the gallery from
-    another camera); none is an error, since nothing could be scored."""
-    (q_pids, q_cams), (g_pids, g_cams) = ids["query"], ids["gallery"]
-    by_id: dict[int, set] = {}
-    for pid, cam in zip(g_pids.tolist(), g_cams.tolist()):
-        by_id.setdefault(pid, set()).add(cam)
-    valid = sum(bool(by_id.get(pid, set()) - {cam})
-                for pid, cam in zip(q_pids.tolist(), q_cams.tolist()))
-    if not valid:
-        raise ConfigError(f"none of the {len(q_pids)} query images of {root} has a valid "
-                          "match (an image of its identity in the gallery from another "
-                          "camera), so nothing could be scored; check dataset.root and the "
-                          "query/gallery folders")
-    return valid

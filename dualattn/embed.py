@@ -22,8 +22,9 @@ from absl import app, flags
 from data_pipeline.datasets.layouts import listing, unreadable_images
 from dualattn import cli
 from dualattn.errors import UserError
-from dualattn.extractor import FeatureExtractor
-from dualattn.metrics import compute_distance_matrix
+from dualattn.evaluation.metrics import compute_distance_matrix
+from dualattn.run.workdir import atomic_output
+from dualattn.serving.extractor import FeatureExtractor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -86,7 +87,7 @@ def main(argv):
         idx, dist = nearest(config, extract([query]), extract(gallery), FLAGS.top)
         print(f"the {len(idx[0])} gallery images closest to {query} "
               f"({config.eval.metric} distance):")
-        for rank, (i, d) in enumerate(zip(idx[0], dist[0]), 1):
+        for rank, (i, d) in enumerate(zip(idx[0], dist[0], strict=True), 1):
             print(f"{rank:>4}  {d:10.4f}  {gallery[i]}")
         return
     folder, out = Path(FLAGS.images), Path(FLAGS.out)
@@ -94,9 +95,9 @@ def main(argv):
         raise EmbedError(f"--out {out}: folder {out.parent} does not exist")
     paths = list_images(folder)
     feats = FeatureExtractor(FLAGS.workdir, config=config, checkpoint=FLAGS.checkpoint)(paths)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, features=feats, paths=np.array([str(p.relative_to(folder)) for p in paths]))
-    tmp.replace(out)
+    with atomic_output(out, suffix=".npz") as tmp:
+        np.savez(tmp, features=feats,
+                 paths=np.array([str(p.relative_to(folder)) for p in paths]))
     print(f"wrote {out}: {feats.shape[0]} features of dimension {feats.shape[1]}")
 
 

@@ -9,13 +9,12 @@ Both files take a batch of crops already resized to the run's input size, as uin
 (``eval.flip_test``) and L2 normalisation (``eval.normalize_features``) are inside, so the
 features equal ``dualattn.FeatureExtractor``'s for the same resized crops.
 
-* ``onnx``: the PyTorch twin with the run's weights, through ``torch.onnx.export`` (opset
-  ``dualattn.interop.onnx_export.OPSET``; needs ``torch``, ``onnx`` and ``onnxscript``), in
-  float32. Input ``images``, output ``features``.
-* ``stablehlo``: the Flax model through ``jax.export`` with a symbolic batch dimension,
-  lowered for CPU and CUDA, weights inside, serialized; ``jax.export.deserialize`` reads it
-  back and ``.call(images)`` runs it, with JAX alone (no dualattn, no Flax). Plain Flax
-  convolutions (``model.cpu_schedule`` is ignored), the run's ``model.dtype``.
+* ``onnx``: the PyTorch twin with the run's weights, through ``torch.onnx.export``
+  (``dualattn.interop.onnx``; needs ``torch``, ``onnx`` and ``onnxscript``), in float32.
+  Input ``images``, output ``features``.
+* ``stablehlo``: the Flax model through ``jax.export`` (``dualattn.serving.stablehlo``),
+  lowered for CPU and CUDA, read back with JAX alone; plain Flax convolutions
+  (``model.cpu_schedule`` is ignored), the run's ``model.dtype``.
 
 The run's final checkpoint is exported unless ``--checkpoint=best``; its saved config is used
 unless ``--config``. README shows how to call each file.
@@ -25,72 +24,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 from absl import flags
-from flax import nnx
 
 from dualattn import cli
 from dualattn.config_check import check_config
 from dualattn.errors import UserError
-from dualattn.evaluation import eval_step
-from dualattn.state import InferenceModel, load_model
+from dualattn.run.model import InferenceModel, load_model
+from dualattn.serving.stablehlo import export_stablehlo
 
 FORMATS = {"onnx": ".onnx", "stablehlo": ".stablehlo"}
-# Where the StableHLO file runs: jax.export lowers for each (CUDA needs no GPU to lower for).
-PLATFORMS = ("cpu", "cuda")
 
 
 class ExportError(UserError, ValueError):
     """The export cannot be written as asked; the message says why."""
 
 
-def serving_function(config, model: InferenceModel):
-    """uint8 ``(b, H, W, 3)`` crops -> float32 ``(b, D)`` test features, weights inside."""
-    graphdef, state = model.graphdef, jax.device_get(model.state)
-    flip, normalize = config.eval.flip_test, config.eval.normalize_features
-
-    def features(images):
-        feats = eval_step(graphdef, state, images, flip=flip).astype(jnp.float32)
-        if normalize:
-            feats = feats / jnp.maximum(jnp.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        return feats
-
-    return features
-
-
-def export_stablehlo(config, model: InferenceModel, out: Path,
-                     platforms=PLATFORMS) -> jax.export.Exported:
-    """Write ``serving_function`` as a serialized ``jax.export.Exported`` to ``out``."""
-    batch = jax.export.symbolic_shape("batch")[0]
-    spec = jax.ShapeDtypeStruct((batch, config.input.height, config.input.width, 3), jnp.uint8)
-    exported = jax.export.export(jax.jit(serving_function(config, model)),
-                                 platforms=platforms)(spec)
-    _write(out, bytes(exported.serialize()))
-    return exported
-
-
 def export_onnx(config, model: InferenceModel, out: Path) -> None:
-    """Write the twin of ``model`` as ONNX to ``out`` (``dualattn.interop.onnx_export``)."""
+    """The twin of ``model`` as ONNX (torch is imported only here)."""
     try:
-        from dualattn.interop import onnx_export
-        from dualattn.interop.state_dict import flax_to_torch
+        from dualattn.interop import onnx
     except ImportError as e:
         raise ExportError(f"ONNX export needs torch, onnx and onnxscript ({e}); pip install "
                           "torch==2.13.0 onnx onnxscript (or export --format stablehlo)"
                           ) from None
-    state_dict = flax_to_torch(nnx.merge(model.graphdef, jax.device_get(model.state)))
-    onnx_export.export_onnx(state_dict, config, out)
+    onnx.export_onnx(config, model, out)
 
 
-def _write(out: Path, data: bytes) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-
-
-def export_run(config, workdir: str | Path, fmt: str, out: Path,
-               which: str = "latest") -> InferenceModel:
+def export_file(config, workdir: str | Path, fmt: str, out: Path,
+                which: str = "latest") -> InferenceModel:
     """Export the run's ``which`` checkpoint as ``fmt`` to ``out``; returns the model."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {sorted(FORMATS)}, not {fmt!r}")
@@ -107,19 +68,10 @@ def export_run(config, workdir: str | Path, fmt: str, out: Path,
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    cli.define_config_flag()
-    cli.define_workdir_flag()
-    flags.DEFINE_enum("format", None, list(FORMATS), "onnx or stablehlo.")
-    flags.DEFINE_string("out", None, "The file to write (.onnx or .stablehlo).")
-    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to export: "
-                      "the final model, or the one with the best test mAP.")
-
-
 def main(argv):
     cli.require("config", "workdir", "format", "out")
     out = Path(FLAGS.out)
-    model = export_run(FLAGS.config, FLAGS.workdir, FLAGS.format, out, FLAGS.checkpoint)
+    model = export_file(FLAGS.config, FLAGS.workdir, FLAGS.format, out, FLAGS.checkpoint)
     size = out.stat().st_size / 2**20
     c = FLAGS.config.input
     print(f"wrote {out} ({FLAGS.format}, {size:.1f} MiB): the {FLAGS.checkpoint} checkpoint "
@@ -129,7 +81,12 @@ def main(argv):
 
 def command() -> None:
     """The ``dualattn-export`` console script: ``python -m dualattn.export``."""
-    define_flags()
+    cli.define_config_flag()
+    cli.define_workdir_flag()
+    flags.DEFINE_enum("format", None, list(FORMATS), "onnx or stablehlo.")
+    flags.DEFINE_string("out", None, "The file to write (.onnx or .stablehlo).")
+    flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to export: "
+                      "the final model, or the one with the best test mAP.")
     cli.run(main, distributed=False)
 
 

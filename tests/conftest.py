@@ -4,7 +4,7 @@ subprocesses the tests start, and a small generated dataset."""
 import os
 import tempfile
 
-from dualattn import xla_flags
+from dualattn.run import xla_flags
 
 # The same XLA flags as every entry point, set before JAX starts its backend: the tests run
 # the graphs the commands run. Subprocesses inherit them (and the cache below) through the
@@ -63,12 +63,12 @@ def trained_run(data_paths, tmp_path_factory):
     """(config, workdir) of a finished two-epoch tiny run."""
     import warnings
 
-    from dualattn import train
+    from dualattn.training.loop import train_and_evaluate
     from tests.helpers import tiny_config
 
     c, workdir = tiny_config(data_paths, epochs=2), tmp_path_factory.mktemp("run")
-    c.eval.context = c.eval.report = True  # the baselines and report.html, tested on it
+    c.eval.baselines = c.eval.report = True  # the baselines and report.html, tested on it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # counts differ from the published Market-1501
-        train.train_and_evaluate(c, workdir)
+        train_and_evaluate(c, workdir)
     return c, workdir

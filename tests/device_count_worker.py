@@ -14,12 +14,12 @@ import numpy as np
 
 from configs import tiny
 from data_pipeline.input_pipeline import train_dataset
-from dualattn import xla_flags
 from dualattn.cli import initialize_distributed
-from dualattn.data import load_data
-from dualattn.mesh import data_parallel_shardings
-from dualattn.state import create_train_state
-from dualattn.train import make_train_step
+from dualattn.run import xla_flags
+from dualattn.run.data import load_data
+from dualattn.run.mesh import data_parallel_shardings
+from dualattn.run.model import create_train_state
+from dualattn.training.step import make_train_step
 
 
 def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
@@ -29,10 +29,9 @@ def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
     c.dataset.root, c.dataset.data_dir = root, tfds_dir
     data = load_data(c)
     batch_sharding, replicated = data_parallel_shardings()
-    graphdef, state, schedule = create_train_state(c, data.num_classes,
-                                                   data.sampler.steps_per_epoch)
-    state = jax.device_put(state, replicated)
-    step_fn = make_train_step(c, schedule)
+    train = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
+    state = jax.device_put(train.state, replicated)
+    step_fn = make_train_step(c, train.schedule)
     batches = train_dataset(data.sources["train"], data.sampler, image_size=(64, 32),
                             start_step=0, num_steps=steps, process_index=jax.process_index(),
                             process_count=jax.process_count())
@@ -40,7 +39,7 @@ def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
     for step, batch in enumerate(batches):
         images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
         labels = jax.make_array_from_process_local_data(batch_sharding, batch["label"])
-        state, metrics = step_fn(graphdef, state, images, labels,
+        state, metrics = step_fn(train.graphdef, state, images, labels,
                                  jax.random.fold_in(jax.random.key(c.seed), step))
         losses.append(float(metrics["loss"]))
     flat = jax.tree_util.tree_flatten_with_path(state)[0]

@@ -1,14 +1,18 @@
-"""What several test modules share: tiny configs, synthetic weights and a trained run's rows."""
+"""What several test modules share: tiny configs, synthetic weights, a trained run's rows and
+scores, and running a command."""
 
 import collections
-import json
 import subprocess
 import sys
 
 import torch
 
 from configs import tiny
+from dualattn.evaluation.evaluator import ReIDEvaluator
 from dualattn.models.attention import reduced_channels
+from dualattn.run.data import load_data
+from dualattn.run.model import load_model, untrained_model
+from dualattn.run.workdir import RunDir
 
 # One block per stage, 8 base channels: same code paths as ResNet-50, 256 output channels.
 TINY_MODEL = dict(stage_sizes=(1, 1, 1, 1), width=8)
@@ -25,7 +29,16 @@ def tiny_config(data_paths, **optim):
 
 def read_rows(workdir):
     """The rows of a run's metrics.jsonl."""
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(workdir).rows()
+
+
+def evaluate_run(config, workdir, which="latest"):
+    """``(step, Scores)`` of a run's ``which`` checkpoint ("untrained": the initial network),
+    as ``python -m dualattn.evaluate`` computes them."""
+    model = None if which == "untrained" else load_model(config, workdir, which)
+    data = load_data(config)
+    model = model or untrained_model(config, data.num_classes)
+    return model.step, ReIDEvaluator(config, data)(model)
 
 
 def run_command(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

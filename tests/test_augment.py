@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualattn.augment import AugmentConfig, _warp, augment, erase_boxes, normalize
+from dualattn.training.augment import AugmentConfig, _warp, augment, erase_boxes, normalize
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
 pytestmark = pytest.mark.gpu
@@ -33,9 +33,9 @@ def test_flip_gives_the_image_or_its_mirror_and_both_occur():
     x = images(b=32)
     out = np.asarray(augment(jax.random.key(2), x, dataclasses.replace(OFF, flip=True)))
     ref, mirror = np.asarray(normalize(x)), np.asarray(normalize(x[:, :, ::-1]))
-    same = [np.array_equal(o, r) for o, r in zip(out, ref)]
-    flipped = [np.array_equal(o, m) for o, m in zip(out, mirror)]
-    assert all(s or f for s, f in zip(same, flipped)) and any(same) and any(flipped)
+    same = [np.array_equal(o, r) for o, r in zip(out, ref, strict=True)]
+    flipped = [np.array_equal(o, m) for o, m in zip(out, mirror, strict=True)]
+    assert all(s or f for s, f in zip(same, flipped, strict=True)) and any(same) and any(flipped)
 
 
 def test_translation_is_an_exact_integer_shift_with_zero_fill():
@@ -43,7 +43,7 @@ def test_translation_is_an_exact_integer_shift_with_zero_fill():
     cfg = dataclasses.replace(OFF, translate=10)
     out = np.asarray(augment(jax.random.key(3), x, cfg))
     raw = np.asarray(x, np.float32)
-    for o, img in zip(out, raw):
+    for o, img in zip(out, raw, strict=True):
         padded = np.pad(img, ((10, 10), (10, 10), (0, 0)))
         found = False
         for dy in range(21):
@@ -69,7 +69,7 @@ def test_rotation_keeps_the_centre_and_fills_corners_with_zero():
     np.testing.assert_allclose(out[:, 16, 8], np.broadcast_to(centre, (2, 3)), atol=1e-4)
     rotated = [not np.allclose(o[0, 0], centre, atol=1e-3) for o in out]
     assert any(rotated)
-    for o, r in zip(out, rotated):
+    for o, r in zip(out, rotated, strict=True):
         if r:  # a corner of a rotated image comes from outside: zero (mean-coloured) fill
             assert np.allclose(o[0, 0], fill, atol=1e-3) or np.allclose(o[-1, -1], fill, atol=1e-3)
 

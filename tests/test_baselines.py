@@ -1,9 +1,13 @@
-"""The baselines a trained model is put against: colour histograms and the context line."""
+"""The baselines a trained model is put against: colour histograms and the baselines line."""
 
 import numpy as np
 
-from dualattn.baselines import (context_line, hellinger_features, person_region,
-                                stripe_hsv_histogram)
+from dualattn.evaluation.baselines import (
+    baselines_line,
+    hellinger_features,
+    person_region,
+    stripe_hsv_histogram,
+)
 
 
 def test_stripe_histograms_keep_where_on_the_body_a_colour_is():
@@ -19,9 +23,9 @@ def test_stripe_histograms_keep_where_on_the_body_a_colour_is():
     assert person_region(red_top).shape == (128, 32, 3)  # the centre half of the width
 
 
-def test_the_context_line_says_how_far_training_took_the_network():
-    line = context_line({"mAP": 0.811}, {"untrained": {"mAP": 0.12},
-                                         "colour_histograms": {"mAP": 0.091}})
-    assert line == ("context: mAP 81.1 % after training, against 12.0 % for the same network "
+def test_the_baselines_line_says_how_far_training_took_the_network():
+    line = baselines_line(0.811, {"untrained": {"mAP": 0.12},
+                                  "colour_histograms": {"mAP": 0.091}})
+    assert line == ("baselines: mAP 81.1 % after training, against 12.0 % for the same network "
                     "untrained and 9.1 % for colour histograms (six-stripe HSV, person region) on "
                     "the same test split: +69.1 points from learning")

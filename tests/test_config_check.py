@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import common, duke, market, msmt17, synthetic, tiny
-from dualattn.config_check import check_config, check_test_split, problems
+from dualattn.config_check import check_config, problems
 from dualattn.errors import ConfigError
+from dualattn.run.data import check_test_split
 from tests.helpers import assert_one_error_line
 
 

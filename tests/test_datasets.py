@@ -191,6 +191,7 @@ def test_msmt17_list_problems_name_file_and_line(market_dir, tmp_path):
 @pytest.mark.filterwarnings("ignore:CUHK03-NP")
 def test_cuhk03_np_builder_reads_png_folders(market_dir, tmp_path):
     from PIL import Image
+
     from data_pipeline.input_pipeline import decode_resize
     for folder in ("bounding_box_train", "query", "bounding_box_test"):
         out = tmp_path / "cuhk03-np" / "detected" / folder
@@ -236,7 +237,8 @@ def test_custom_list_layout_reads_a_users_own_dataset(market_dir, tmp_path):
     assert len(sources["query"]) == len(entries)
     paths, cams = read_columns(sources["query"], "path", "camid")
     index = {f"person{pid}_{k}": cam - 1 for k, (_, pid, cam) in enumerate(entries)}
-    by_path = {str(p.decode() if isinstance(p, bytes) else p): c for p, c in zip(paths, cams)}
+    by_path = {str(p.decode() if isinstance(p, bytes) else p): c
+               for p, c in zip(paths, cams, strict=True)}
     assert {p.rsplit("/", 1)[1].split(".")[0]: c for p, c in by_path.items()} == index
     assert sorted(set(split_column(sources["train"], "label"))) == list(range(6))
     png = next(i for i, p in enumerate(by_path) if p.endswith(".png"))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dualattn import export
-from dualattn.extractor import FeatureExtractor
+from dualattn.serving.extractor import FeatureExtractor
 from tests.helpers import assert_one_error_line, run_command
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
@@ -27,7 +27,7 @@ def test_stablehlo_file_runs_with_jax_alone_at_any_batch_size(trained_run, resiz
     c, run = trained_run
     images, expected = resized
     out = tmp_path / "model.stablehlo"
-    export.export_run(c, run, "stablehlo", out)
+    export.export_file(c, run, "stablehlo", out)
     served = jax.export.deserialize(bytearray(out.read_bytes()))
     assert served.platforms == ("cpu", "cuda")
     assert str(served.in_avals[0].shape[0]) == "batch"
@@ -41,7 +41,7 @@ def test_onnx_file_runs_in_onnxruntime_at_any_batch_size(trained_run, resized, t
     c, run = trained_run
     images, expected = resized
     out = tmp_path / "model.onnx"
-    export.export_run(c, run, "onnx", out)
+    export.export_file(c, run, "onnx", out)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)",
@@ -59,7 +59,7 @@ def test_command_writes_the_file_and_refuses_bad_requests_in_one_line(trained_ru
                        "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and f"wrote {out} (stablehlo" in proc.stdout
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.stablehlo"]  # no temporary
     assert_one_error_line(
         run_command("dualattn.export", "--workdir", str(run), "--format", "onnx",
                     "--out", str(tmp_path / "no" / "m.onnx")),

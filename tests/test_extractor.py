@@ -9,7 +9,7 @@ from PIL import Image
 
 import dualattn
 from dualattn.errors import UserError
-from dualattn.extractor import CropError, FeatureExtractor, buckets
+from dualattn.serving.extractor import CropError, FeatureExtractor, buckets
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
 pytestmark = pytest.mark.gpu

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualattn.losses import cross_entropy_label_smooth, reid_loss, triplet_hard
+from configs import common
+from dualattn.models import ReIDOutput
+from dualattn.training.losses import TERMS, cross_entropy_label_smooth, objective, triplet_hard
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
 pytestmark = pytest.mark.gpu
@@ -79,16 +81,21 @@ def test_triplet_single_identity_batch_is_zero_with_finite_gradient():
     assert float(value) == 0.0 and np.all(np.isfinite(grad))
 
 
-def test_reid_loss_is_the_weighted_sum():
+def test_the_objective_is_the_weighted_sum_of_its_named_terms():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
     feats = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
     labels = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
-    parts = reid_loss(logits, feats, labels, ce_weight=0.5, triplet_weight=2.0)
+    out = ReIDOutput(features=feats, logits=logits)
+    loss = common.get_config().loss  # label smoothing 0.1, margin 0.3
+    loss.weights.cross_entropy, loss.weights.triplet = 0.5, 2.0
+    total, terms = objective(out, labels, loss)
+    assert list(terms) == list(TERMS) == ["cross_entropy", "triplet"]
     ce = cross_entropy_label_smooth(logits, labels, 0.1)
     tri = triplet_hard(feats, labels, 0.3)
-    assert float(parts.cross_entropy) == pytest.approx(float(ce))
-    assert float(parts.triplet) == pytest.approx(float(tri))
-    assert float(parts.total) == pytest.approx(0.5 * float(ce) + 2.0 * float(tri), rel=1e-6)
-    only_ce = reid_loss(logits, feats, labels, triplet_weight=0.0)
-    assert float(only_ce.triplet) == 0.0 and float(only_ce.total) == pytest.approx(float(ce))
+    assert float(terms["cross_entropy"]) == pytest.approx(float(ce))
+    assert float(terms["triplet"]) == pytest.approx(float(tri))
+    assert float(total) == pytest.approx(0.5 * float(ce) + 2.0 * float(tri), rel=1e-6)
+    loss.weights.cross_entropy, loss.weights.triplet = 1.0, 0.0
+    total, terms = objective(out, labels, loss)
+    assert float(terms["triplet"]) == 0.0 and float(total) == pytest.approx(float(ce))

@@ -5,9 +5,10 @@ import optax
 import pytest
 from flax import nnx
 
-from dualattn.losses import reid_loss
+from configs import common
 from dualattn.models import ReIDNet, ReIDOutput, count_params
 from dualattn.models.attention import reduced_channels
+from dualattn.training.losses import objective
 from tests.helpers import se_params
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
@@ -85,7 +86,7 @@ def test_jitted_forward_backward_learns_on_a_fixed_batch(tiny_model_kwargs):
     def step(model, optimizer, x, labels):
         def loss_fn(model):
             out = model(x, train=True)
-            return reid_loss(out.logits, out.features, labels).total
+            return objective(out, labels, common.get_config().loss)[0]
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)

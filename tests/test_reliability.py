@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dualattn import checkpoint
-from dualattn.data import load_data
-from dualattn.state import create_train_state
+from dualattn.run.checkpoint import Checkpointer
+from dualattn.run.data import load_data
+from dualattn.run.model import create_train_state
+from dualattn.run.workdir import RunDir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Market-1501 counts")
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +62,7 @@ def start(args, env=None, **kw):
 
 
 def saved_steps(workdir):
-    folder = workdir / "checkpoints" / "latest"
-    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) \
-        if folder.exists() else []
+    return RunDir(workdir).checkpoint_steps("latest")
 
 
 def wait_for(predicate, proc, timeout=240):
@@ -81,8 +80,8 @@ def wait_for(predicate, proc, timeout=240):
 def latest_state(data_paths, workdir):
     c = config_for(data_paths)
     data = load_data(c)
-    _, target, _ = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
-    state, meta = checkpoint.Checkpointer(workdir / "checkpoints").restore_latest(target)
+    target = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch).state
+    state, meta = Checkpointer(RunDir(workdir)).restore_latest(target)
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}, meta
 
@@ -121,9 +120,9 @@ def straight(data_paths, tmp_path_factory):
 def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, straight,
                                                                    tmp_path):
     workdir = tmp_path / "interrupted"
-    context = "--config.eval.context=True"  # measured before training, reported at the end
+    baselines = "--config.eval.baselines=True"  # measured before training, reported at the end
     # 1. SIGTERM after the first checkpoint: saves at the current step, exits 128 + 15.
-    proc = start(command(data_paths, workdir, context))
+    proc = start(command(data_paths, workdir, baselines))
     wait_for(lambda: saved_steps(workdir), proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -135,7 +134,7 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
     assert saved_steps(workdir)[-1] == stopped_at
 
     # 2. Resume, then SIGKILL while a checkpoint is being written (or just after one).
-    proc = start(command(data_paths, workdir, context))
+    proc = start(command(data_paths, workdir, baselines))
     latest = workdir / "checkpoints" / "latest"
     wait_for(lambda: any("tmp" in p.name for p in latest.iterdir())
              or saved_steps(workdir)[-1] > stopped_at, proc)
@@ -145,13 +144,13 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
     assert survivors and survivors[-1] >= stopped_at
 
     # 3. Resume to the end: same parameters and the same log as the run never interrupted.
-    proc = run(command(data_paths, workdir, context))
+    proc = run(command(data_paths, workdir, baselines))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {survivors[-1]}" in proc.stdout
     (final,) = [line for line in proc.stdout.splitlines() if line.startswith("final: ")]
     assert re.search(r"mAP \d+\.\d\d%.*\((\d+) of \1 queries have a valid match\)$", final)
     assert "before training" not in proc.stdout  # measured once, by the first run
-    assert re.search(r"^context: mAP \d+\.\d % after training, against \d+\.\d % for the "
+    assert re.search(r"^baselines: mAP \d+\.\d % after training, against \d+\.\d % for the "
                      r"same network untrained and \d+\.\d % for colour histograms",
                      proc.stdout, re.M)
     assert re.search(r"^checkpoints: the final model \(step \d+\) in .*latest; the best test "
@@ -251,7 +250,10 @@ def test_a_step_on_one_device_four_devices_and_two_hosts_agree(data_paths, tmp_p
         assert_same_first_adam_step(ours, reference_state)
 
 
-MU = "[1]['opt_state'][1][0]['mu']"
+# Paths of the saved state's named parts: a parameter under MODEL, its Adam first moment
+# under MU (optax's chain: the L2 term, then Adam's state).
+MODEL = "['model']"
+MU = "['optimizer']['opt_state'][1][0]['mu']"
 
 
 def assert_same_first_adam_step(ours, reference, rtol=1e-5):
@@ -262,17 +264,18 @@ def assert_same_first_adam_step(ours, reference, rtol=1e-5):
     below 1e-5 of their tensor's largest, and be rare."""
     exempt = total = 0
     for key, y in reference.items():
-        if not key.startswith("[0]") or MU + key[3:] not in reference:
+        moment = MU + key[len(MODEL):]
+        if not key.startswith(MODEL) or moment not in reference:
             continue  # BN statistics are compared with the rest of the state below
         if any(s in key for s in ZERO_GRADIENT):
             continue
-        grad = np.abs(reference[MU + key[3:]])
+        grad = np.abs(reference[moment])
         off = np.abs(ours[key] - y) > rtol * np.abs(y).max()
         assert (grad[off] < 1e-5 * grad.max()).all(), f"{key}: differs where the gradient is real"
         exempt, total = exempt + off.sum(), total + y.size
     assert exempt <= 1e-4 * total, f"{exempt} of {total} parameters differ"
     rest = {k: v for k, v in reference.items()  # BN statistics, step counters
-            if (not k.startswith("[0]") or MU + k[3:] not in reference)
+            if (not k.startswith(MODEL) or MU + k[len(MODEL):] not in reference)
             and "['mu']" not in k and "['nu']" not in k}  # the moments: compared as gradients
     assert_same_state({k: ours[k] for k in rest}, rest, rtol=rtol, skip=ZERO_GRADIENT)
 

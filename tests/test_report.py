@@ -8,8 +8,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from dualattn.report import line_chart
-from dualattn.visualize import WHITE
+from dualattn.evaluation.figures import WHITE
+from dualattn.evaluation.report import line_chart
 from tests.helpers import run_command
 
 PANELS = ("Training loss", "Learning rate", "Test scores at each evaluation", "CMC curve",
@@ -31,7 +31,7 @@ def test_training_writes_a_report_with_every_panel(trained_run):
         image.load()
         assert image.width > 100 and image.height > 100
     assert re.search(r"final model \(step \d+\): rank1 \d+\.\d\d%", page)
-    assert "context: mAP" in page and "for colour histograms" in page  # eval.context was on
+    assert "baselines: mAP" in page and "for colour histograms" in page  # eval.baselines on
     cmc = np.asarray(images["CMC curve"].convert("RGB"))
     assert (cmc != WHITE).any(axis=-1).sum() > 1000  # two curves drawn, not a blank frame
 

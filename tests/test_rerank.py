@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dualattn.metrics import compute_distance_matrix, evaluate
-from dualattn.rerank import re_ranking, re_ranking_features, re_ranking_reference
+from dualattn.evaluation.metrics import compute_distance_matrix, evaluate_rank
+from dualattn.evaluation.rerank import re_ranking, re_ranking_features, re_ranking_reference
 
 # Device-dependent: run on GPUs by benchmarks.gpu_check (pytest -m gpu).
 pytestmark = pytest.mark.gpu
@@ -52,8 +52,8 @@ def test_ties_are_broken_by_index_like_a_stable_sort():
 def test_re_ranking_helps_on_clustered_identities():
     qf, gf, q_ids, g_ids = clustered_features(q=60, g=300, ids=30, seed=1)
     cams_q, cams_g = np.zeros(60, int), np.ones(300, int)
-    before = evaluate(distances(qf, gf)[0], q_ids, g_ids, cams_q, cams_g)["mAP"]
-    after = evaluate(re_ranking_features(qf, gf), q_ids, g_ids, cams_q, cams_g)["mAP"]
+    before = evaluate_rank(distances(qf, gf)[0], q_ids, g_ids, cams_q, cams_g).mAP
+    after = evaluate_rank(re_ranking_features(qf, gf), q_ids, g_ids, cams_q, cams_g).mAP
     assert after > before
 
 

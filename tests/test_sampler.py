@@ -38,7 +38,7 @@ def test_an_identitys_images_are_all_used_before_any_repeats():
     for batch in sampler.epoch(0):
         for group in batch.reshape(2, 2):
             served[labels[group[0]]].extend(group)
-    for ident, images in served.items():
+    for images in served.values():
         first = images[:6]
         assert len(set(first)) == len(first)
 

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from dualattn import xla_flags
+from dualattn.run import xla_flags
 
 CHECKED = xla_flags.CHECKED_JAXLIB[0]
 
@@ -35,7 +35,7 @@ def test_releases_outside_the_checked_range_get_no_flags():
 def test_the_installed_jaxlib_starts_with_the_flags_it_is_given():
     """Whatever prefer_cpu_flags adds for this jaxlib, a fresh process starts its backend
     with it (an unknown flag would abort it)."""
-    code = ("from dualattn import xla_flags; added = xla_flags.prefer_cpu_flags(); "
+    code = ("from dualattn.run import xla_flags; added = xla_flags.prefer_cpu_flags(); "
             "import jax; jax.numpy.ones(2).block_until_ready(); print(len(added))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})

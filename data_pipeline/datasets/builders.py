@@ -24,8 +24,14 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
 from data_pipeline.datasets import fingerprint, layouts
-from data_pipeline.datasets.layouts import (CUSTOM, DUKEMTMC_REID, MARKET1501, MSMT17, Layout,
-                                           cuhk03_np)
+from data_pipeline.datasets.layouts import (
+    CUSTOM,
+    DUKEMTMC_REID,
+    MARKET1501,
+    MSMT17,
+    Layout,
+    cuhk03_np,
+)
 
 
 class ReIDBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -159,7 +165,7 @@ def quiet_tfds():
 
 def prepared_source(name: str, data_dir: str | Path) -> dict | None:
     """The fingerprint of the folder dataset ``name`` in ``data_dir`` was prepared from, or
-    None when it is not prepared there (or was prepared before fingerprints were kept)."""
+    None when it is not prepared there."""
     builder, prepared = _existing(name, Path(data_dir).expanduser())
     return fingerprint.recorded(builder.data_dir) if prepared else None
 
@@ -173,15 +179,16 @@ def _existing(name: str, data_dir: Path) -> tuple[ReIDBuilder, bool]:
 
 def check_source(builder: ReIDBuilder, manual_dir: str | Path) -> None:
     """Refuse prepared files that came from another folder, or from this one before its files
-    changed (``data_pipeline.datasets.fingerprint``). Files prepared before fingerprints were
-    kept are taken as they are, and fingerprinted now. A source folder removed after
+    changed (``data_pipeline.datasets.fingerprint``). A source folder removed after
     preparing is fine when the config still names it."""
     current = fingerprint.fingerprint(manual_dir)
     stored = fingerprint.recorded(builder.data_dir)
-    if not Path(current["root"]).exists() and stored and stored["root"] == current["root"]:
-        return
     if stored is None:
-        fingerprint.record(builder.data_dir, current)
+        raise layouts.DatasetLayoutError(
+            f"{builder.data_dir} holds a prepared {builder.name} without the record of the "
+            f"folder it came from ({fingerprint.SOURCE_FILE}); delete {builder.data_dir} to "
+            "prepare it again")
+    if not Path(current["root"]).exists() and stored["root"] == current["root"]:
         return
     why = fingerprint.mismatch(stored, current)
     if why:

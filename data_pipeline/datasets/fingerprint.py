@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from dualattn.run.workdir import atomic_write
+
 SOURCE_FILE = "source.json"
 
 
@@ -36,14 +38,11 @@ def fingerprint(root: str | Path) -> dict:
 
 def record(prepared: str | Path, source: dict) -> None:
     """Store ``source`` (a ``fingerprint``) beside the prepared files in ``prepared``."""
-    path = Path(prepared) / SOURCE_FILE
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may write at once
-    tmp.write_text(json.dumps(source, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(Path(prepared) / SOURCE_FILE, json.dumps(source, indent=2) + "\n")
 
 
 def recorded(prepared: str | Path) -> dict | None:
-    """The stored fingerprint, or None for files prepared before fingerprints were kept."""
+    """The stored fingerprint, or None when there is none."""
     path = Path(prepared) / SOURCE_FILE
     return json.loads(path.read_text()) if path.exists() else None
 

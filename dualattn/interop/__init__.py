@@ -1,5 +1,3 @@
-"""PyTorch interoperability: the twin network, weight converters, numerics comparison.
-
-Only ``dualattn.interop.torch_model`` (and what imports it) needs torch; ``names`` is pure
-NumPy so the training path can read torchvision checkpoints without torch.
-"""
+"""PyTorch interoperability, the one package that needs torch: the twin network
+(``torch_model``), what each framework computes for one batch (``traces``), the numerics
+comparison (``numerics``) and the ONNX export through the twin (``onnx``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -119,3 +120,14 @@ class TorchReIDNet(nn.Module):
         if self.training:
             return pooled, self.classifier(neck)
         return neck if self.test_feature == "after" else pooled
+
+
+def twin_from_state_dict(state_dict: dict[str, np.ndarray], model_config: dict,
+                         device: str = "cpu") -> TorchReIDNet:
+    """The twin of ``model_config`` (a config's ``model`` section) carrying ``state_dict`` (our
+    model converted by ``dualattn.weights.state_dict.flax_to_torch``), loaded strictly; the
+    classifier size is the state dict's."""
+    twin = TorchReIDNet(int(state_dict["classifier.weight"].shape[0]), **model_config)
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
+                         strict=True)
+    return twin.to(device)

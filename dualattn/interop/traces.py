@@ -1,13 +1,13 @@
 """What one framework computes for one network, batch and config: a trace, in any precision.
 
-The numerics comparison (``dualattn.interop.compare``) records the same quantities from four
+The numerics comparison (``dualattn.interop.numerics``) records the same quantities from four
 runs on the same weights and batch (ours and the PyTorch twin in the compared precision, and
 both again in float64) and compares them. A trace is a dict of float64 NumPy arrays under
 these keys, with the twin's parameter names (torchvision/timm) for every tensor:
 
 - ``test feature``: eval mode, before any step;
-- ``train features``, ``logits``, ``loss: cross-entropy``, ``loss: triplet``, ``loss: total``:
-  the first train-mode step;
+- ``train features``, ``logits``, ``loss: <term>`` for each term of the objective
+  (``dualattn.training.losses.TERMS``) and ``loss: total``: the first train-mode step;
 - ``grad/<param>``: that step's gradients (trainable parameters only; the twin's frozen
   BNNeck bias is not one, and ours has none);
 - ``bn mean/<bn>``, ``bn var/<bn>``: BN running statistics after that step, the variances in
@@ -38,13 +38,14 @@ import optax
 import torch
 from flax import nnx
 
-from dualattn.interop.state_dict import flax_to_torch, state_to_torch
-from dualattn.losses import objective
 from dualattn.models import ReIDNet
-from dualattn.optim import create_optimizer
+from dualattn.training.losses import TERMS, objective
+from dualattn.training.optim import create_optimizer
+from dualattn.weights.state_dict import flax_to_torch, state_to_torch
 
-OUTPUTS = ("test feature", "train features", "logits", "loss: cross-entropy", "loss: triplet",
-           "loss: total")
+# The forward quantities of a trace, in the order the comparison prints them.
+OUTPUTS = ("test feature", "train features", "logits",
+           *(f"loss: {name}" for name in TERMS), "loss: total")
 # Flax's BatchNorm momentum, as torch's 0.1 (dualattn.models.layers).
 _KEEP = 0.9
 
@@ -63,12 +64,22 @@ def torch_triplet_hard(feats, labels, margin: float = 0.3):
     return torch.relu(dist_ap - dist_an + margin).mean()
 
 
+# The objective's terms as the PyTorch toolkits write them, by ``TERMS``'s names: (features,
+# logits, labels, the config's loss section) -> scalar.
+TORCH_TERMS = {
+    "cross_entropy": lambda feats, logits, labels, c: torch.nn.functional.cross_entropy(
+        logits, labels, label_smoothing=c.label_smoothing),
+    "triplet": lambda feats, logits, labels, c: torch_triplet_hard(feats, labels, c.margin),
+}
+
+
 def torch_reid_loss(feats, logits, labels, loss_config):
-    """``(total, cross_entropy, triplet)`` with the weights of ``config.loss``."""
-    ce = torch.nn.functional.cross_entropy(logits, labels,
-                                           label_smoothing=loss_config.label_smoothing)
-    tri = torch_triplet_hard(feats, labels, loss_config.margin)
-    return loss_config.ce_weight * ce + loss_config.triplet_weight * tri, ce, tri
+    """``(total, terms)`` with the weights of ``config.loss``, as ``objective`` computes them.
+    A term of ours the twin does not have is left out, so the comparison shows it."""
+    weights = loss_config.weights
+    terms = {name: term(feats, logits, labels, loss_config)
+             for name, term in TORCH_TERMS.items() if name in weights}
+    return sum(weights[name] * value for name, value in terms.items()), terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,13 +130,13 @@ def torch_trace(twin, config, images: np.ndarray, labels: np.ndarray, *, steps: 
         optimizer.zero_grad()
         with mixed():
             feats, logits = twin(xt)
-            total, ce, tri = torch_reid_loss(feats, logits, yt, config.loss)
+            total, terms = torch_reid_loss(feats, logits, yt, config.loss)
         total.backward()
         if step == 0:
             for hook in hooks:
                 hook.remove()
             trace.update({"train features": _numpy(feats), "logits": _numpy(logits),
-                          "loss: cross-entropy": _numpy(ce), "loss: triplet": _numpy(tri),
+                          **{f"loss: {n}": _numpy(v) for n, v in terms.items()},
                           "loss: total": _numpy(total)})
             trace.update({f"grad/{n}": _numpy(p.grad) for n, p in trainable.items()})
             buffers = twin.state_dict()
@@ -165,19 +176,18 @@ def jax_trace(model: ReIDNet, config, images: np.ndarray, labels: np.ndarray, *,
     def train_step(model, optimizer, x, y):
         def loss_fn(model):
             out = model(x, train=True)
-            parts = objective(out.logits, out.features, y, loss_config)
-            return parts.total, (parts, out)
-        (_, (parts, out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+            total, terms = objective(out, y, loss_config)
+            return total, (terms, out)
+        (total, (terms, out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
-        return parts, out, grads
+        return total, terms, out, grads
 
     before = flax_to_torch(model)
     for step in range(steps):
-        parts, out, grads = train_step(model, optimizer, x, y)
+        total, terms, out, grads = train_step(model, optimizer, x, y)
         if step == 0:
             trace.update({"train features": out.features, "logits": out.logits,
-                          "loss: cross-entropy": parts.cross_entropy,
-                          "loss: triplet": parts.triplet, "loss: total": parts.total})
+                          **{f"loss: {n}": v for n, v in terms.items()}, "loss: total": total})
             trace.update({f"grad/{n}": g for n, g in state_to_torch(grads).items()})
             after = flax_to_torch(model)
             for bn, n in counts.items():
@@ -197,7 +207,7 @@ def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
                  preferred_element_type=None, **kwargs) -> jax.Array:
     """``lax.conv_general_dilated``'s values for the network's convolutions (NHWC input, HWIO
     kernel, no dilation or groups) as one matmul over the kernel's k*k shifted views of the
-    input. With the Eigen-convolution flag of ``dualattn.xla_flags`` set, XLA:CPU has no fast
+    input. With the Eigen-convolution flag of ``dualattn.run.xla_flags`` set, XLA:CPU has no fast
     float64 convolution (a float64 forward pass runs ~25x slower than this); its float64
     matmul is fast either way. The patches are recomputed for the gradient, not stored (k*k
     times the input, in float64)."""

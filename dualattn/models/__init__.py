@@ -1,4 +1,5 @@
-"""Network definitions: the SE-ResNet backbone, the attention modules and the ReID model."""
+"""The network only, plain Flax NNX, no I/O: the SE-ResNet backbone, the attention modules,
+the ReID model, its input normalisation, and the XLA:CPU 1x1 convolution (``cpu_conv``)."""
 
 from dualattn.models.attention import SpatialSelfAttention, SqueezeExcitation
 from dualattn.models.reid import ReIDNet, ReIDOutput, count_params

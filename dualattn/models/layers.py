@@ -36,7 +36,7 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad:
          rngs: nnx.Rngs) -> nnx.Conv:
     """Bias-free square convolution with torch's symmetric padding and He fan-out init.
     ``conv_general_dilated`` is ``nnx.Conv``'s own hook: any function with the signature of
-    ``lax.conv_general_dilated`` that computes the same values (``dualattn.cpu_schedule``)."""
+    ``lax.conv_general_dilated`` that computes the same values (``dualattn.models.cpu_conv``)."""
     return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=conv_kernel_init,

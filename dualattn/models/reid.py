@@ -14,7 +14,7 @@ Outputs:
 The head (pooling, BNNeck, classifier) runs in f32 for a bf16 or f32 backbone, and in f64
 for an f64 one (the numerics comparison's ground truth).
 ``conv_general_dilated`` is passed to every convolution (``nnx.Conv``'s hook; the trainer
-gives ``dualattn.cpu_schedule``'s on the CPU).
+gives ``dualattn.models.cpu_conv``'s on the CPU).
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""The jitted train step: augment the global batch on the device, one optimizer step on the
+objective's terms, and the scalars the trainer logs.
+
+The step runs over the data-parallel mesh with the batch sharded on its ``data`` axis and the
+state replicated, so BatchNorm statistics and batch-hard triplet mining see the *global*
+batch whatever the device count.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from dualattn.training.augment import AugmentConfig, augment
+from dualattn.training.losses import objective
+
+
+def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
+    a = config.augment
+    return AugmentConfig(flip=a.flip, translate=a.translate, rotate_degrees=a.rotate_degrees,
+                         erase_prob=a.erase_prob)
+
+
+def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedule):
+    """One optimizer step on a global batch; returns the new state (its named parts) and the
+    scalars: the loss, each of its terms, the training accuracy and the learning rate."""
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts["model"], parts["optimizer"]
+    x = augment(rng, images, aug_cfg)
+
+    def loss_fn(model):
+        out = model(x, train=True)
+        total, terms = objective(out, labels, config.loss)
+        return total, (terms, out.logits)
+
+    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    step = optimizer.step[...]
+    optimizer.update(model, grads)
+    metrics = {"loss": total, **terms,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels), "lr": schedule(step)}
+    return nnx.state(parts), metrics
+
+
+def make_train_step(config, schedule, aug_cfg: AugmentConfig | None = None):
+    """``train_step`` jitted with the config (augmentation ``aug_cfg`` or the config's), the
+    graphdef static and the state donated: ``step_fn(graphdef, state, images, labels, rng)``."""
+    aug_cfg = augment_config(config) if aug_cfg is None else aug_cfg
+    return jax.jit(functools.partial(train_step, config=config, aug_cfg=aug_cfg,
+                                     schedule=schedule), static_argnums=0, donate_argnums=1)
