@@ -24,6 +24,7 @@ from absl import flags
 from dualattn import cli
 from dualattn.interop.numerics import (
     build_pair,
+    check_twin_objective,
     compare_networks,
     compared_precision,
     pk_batch,
@@ -56,6 +57,7 @@ def main(argv):
     set_true_f32()
     config = FLAGS.config
     compared_precision(config)
+    check_twin_objective(config)
     num_classes = FLAGS.num_classes
     if num_classes is None:
         num_classes = 751

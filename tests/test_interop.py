@@ -206,3 +206,18 @@ def test_compare_loads_a_runs_final_model_into_both_frameworks(trained_run):
         theirs = twin.eval()(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     np.testing.assert_allclose(model(images, train=False), theirs, rtol=1e-4,
                                atol=1e-4 * np.abs(theirs).max())
+
+
+def test_a_loss_term_the_twin_lacks_is_compared_only_at_weight_zero():
+    from configs import tiny
+    from dualattn.errors import ConfigError
+    from dualattn.interop.numerics import check_twin_objective
+
+    config = tiny.get_config()
+    check_twin_objective(config)
+    config.loss.weights.feature_norm = 0.0  # a term of ours only, switched off: comparable
+    check_twin_objective(config)
+    config.loss.weights.feature_norm = 0.01
+    with pytest.raises(ConfigError, match="loss.weights.feature_norm=0.01: the PyTorch twin "
+                                          "has no such loss term"):
+        check_twin_objective(config)

@@ -30,7 +30,7 @@ from flax import nnx
 
 from dualattn.errors import ConfigError
 from dualattn.interop.torch_model import twin_from_state_dict
-from dualattn.interop.traces import OUTPUTS, jax_trace, reference_traces, torch_trace
+from dualattn.interop.traces import OUTPUTS, TORCH_TERMS, jax_trace, reference_traces, torch_trace
 from dualattn.models import ReIDNet
 from dualattn.run.model import create_model, load_model
 from dualattn.weights.files import read_state_dict
@@ -281,6 +281,17 @@ def compared_precision(config) -> str:
     return dtype
 
 
+def check_twin_objective(config) -> None:
+    """Refuse a comparison whose objective the twin cannot compute: a weighted term of ours
+    that the twin has no counterpart for would make every gradient differ by design."""
+    missing = [f"loss.weights.{name}={weight!r}" for name, weight in config.loss.weights.items()
+               if weight and name not in TORCH_TERMS]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: the PyTorch twin has no such loss term, so "
+                          "the two objectives would differ; set the weight to 0 to compare, "
+                          "or add the term to dualattn.interop.traces.TORCH_TERMS")
+
+
 def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: np.ndarray, *,
                      steps: int = 3, lr: float | None = None, reference: bool = True) -> Report:
     """Both networks (which must carry the same weights) on ``images``, in
@@ -288,6 +299,7 @@ def compare_networks(model: ReIDNet, twin, config, images: np.ndarray, labels: n
     against the float64 reference unless ``reference`` is False. Neither is modified."""
     lr = config.optim.lr if lr is None else lr
     dtype = compared_precision(config)
+    check_twin_objective(config)
     autocast = torch.bfloat16 if dtype == "bfloat16" else None
     theirs, counts = torch_trace(twin, config, images, labels, steps=steps, lr=lr,
                                  autocast=autocast, replay=True)
