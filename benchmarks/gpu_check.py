@@ -86,7 +86,8 @@ def sections(dry: bool) -> list[Section]:
     py = sys.executable
     dry_flag = ["--dry-run"] if dry else []
     compare = [py, "-m", "benchmarks.gpu_check", "--worker", "compare", *dry_flag]
-    tests = [py, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider"]
+    # One process: the tests share the one GPU (pytest-xdist's workers would each claim it).
+    tests = [py, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-n", "0"]
     compiled = [py, "-m", "benchmarks.bench_train_step", "--worker", "torch", "--config",
                 "configs/tiny.py" if dry else "configs/market.py",
                 "--steps", "2" if dry else "20", "--warmup", "1" if dry else "3"]

@@ -30,9 +30,22 @@ def _update(config: ml_collections.ConfigDict, saved: dict) -> None:
             config[key] = value
 
 
+class SavedConfigError(ValueError):
+    """A run's config.json that cannot be read back."""
+
+
 def get_config(path: str) -> ml_collections.ConfigDict:
     config = common.get_config()
-    _update(config, json.loads(Path(path).read_text()))
+    try:
+        recorded = json.loads(Path(path).read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+        _update(config, recorded)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise SavedConfigError(
+            f"the run's saved config {path} cannot be read ({reason}); restore it, or pass "
+            "--config=FILE with the config the run was trained with") from None
     return config
 
 

@@ -22,10 +22,19 @@ from PIL import Image
 
 from data_pipeline.sampler import PKSampler, process_share
 
+# PIL modes whose conversion to 8-bit RGB keeps the image's meaning. 16-bit and 32-bit
+# integer (I;16, I) and float (F) images are refused: PIL's conversion clips them to 0-255,
+# which turns a 16-bit crop into a nearly white one rather than a darker copy of itself.
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                   "YCbCr", "LAB", "HSV")
+
 
 def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """A PIL image (any mode) -> uint8 (height, width, 3) RGB, bilinear (torchvision's Resize
-    default): how every image reaches the network."""
+    """A PIL image of an 8-bit mode (``EIGHT_BIT_MODES``) -> uint8 (height, width, 3) RGB,
+    bilinear (torchvision's Resize default): how every image reaches the network."""
+    if image.mode not in EIGHT_BIT_MODES:
+        raise ValueError(f"PIL mode {image.mode} is not an 8-bit image; convert it to 8-bit RGB "
+                         "first (e.g. scale a 16-bit crop by 1/256)")
     image = image.convert("RGB")
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)

@@ -11,11 +11,15 @@ and, in a multi-process launch, its place in the distributed run.
 
 from __future__ import annotations
 
+import errno
 import logging as logging_std
 import os
 import re
 import sys
+import threading
+import traceback
 import warnings
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -25,12 +29,29 @@ from configs import saved
 from data_pipeline.datasets import DatasetLayoutError
 from dualattn.errors import UserError
 from dualattn.run import xla_flags
-from dualattn.run.checkpoint import CheckpointMismatchError, CheckpointWriteError
+from dualattn.run.checkpoint import (
+    CheckpointDamagedError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+)
 from dualattn.run.workdir import RunDir
 
 FLAGS = flags.FLAGS
 
 USER_ERRORS = (UserError, DatasetLayoutError)
+
+# Operating-system errors that the machine, not the program, causes: a full disk or quota, a
+# file-size limit, a read-only or unwritable path, too many open files, failed I/O.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                      errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO}
+
+
+def environment_message(error: OSError) -> str:
+    """One line for an operating-system error the environment caused."""
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"{error.strerror or error}{where}; what was written before is intact. Fix the "
+            "cause (a full disk: free space; a limit: raise it), then run the same command "
+            "again")
 
 
 def define_config_flag(help_text: str = "The run's configuration file.") -> None:
@@ -70,7 +91,12 @@ def with_saved_config(argv: list[str]) -> list[str]:
     workdir = _flag_value(argv, "workdir")
     if workdir is None or not RunDir(workdir).config.is_file():
         return argv
-    return [argv[0], f"--config={saved.__file__}:{RunDir(workdir).config}", *argv[1:]]
+    path = RunDir(workdir).config
+    try:  # read once here, so that a damaged file is one clear line (absl's would not be)
+        saved.get_config(str(path))
+    except saved.SavedConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    return [argv[0], f"--config={saved.__file__}:{path}", *argv[1:]]
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -82,9 +108,28 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:  # wrong type or malformed value
         raise SystemExit(f"error: bad flag value: {' '.join(str(e).split())}") from None
     except AttributeError as e:  # raised by ConfigDict for an unknown --config.* key
+        if not any(a.startswith("--config.") for a in argv):  # ... or by the file's own code
+            raise SystemExit(config_file_message(argv, e)) from None
         raise SystemExit(unknown_key_message(str(e), argv)) from None
+    except Exception as e:  # noqa: BLE001 - the config file's own code failed to run
+        raise SystemExit(config_file_message(argv, e)) from None
     check_config_loaded()
     return rest
+
+
+def config_file_message(argv: list[str], error: BaseException) -> str:
+    """A config file that raised while loading (a syntax error, a failing import, an error in
+    its ``get_config``) as one line naming the file, the line and the error."""
+    path = (_flag_value(argv, "config") or "").split(":", 1)[0]
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if path and Path(frame.filename).resolve() == Path(path).resolve():
+            line = frame.lineno
+    where = f"{path}, line {line}" if line else path
+    detail = error.msg if isinstance(error, SyntaxError) else str(error)
+    return (f"error: the config file {where} does not load ({type(error).__name__}: "
+            f"{' '.join(detail.split())[:200]}); fix it, or pass --config=configs/NAME.py "
+            "(configs/ holds the shipped ones)")
 
 
 def unknown_key_message(error: str, argv: list[str]) -> str:
@@ -136,7 +181,56 @@ def quiet_background_tracebacks() -> None:
                 record.exc_info = record.exc_text = None
             return True
 
+    class NoReadNoise(logging_std.Filter):
+        """asyncio's "Task exception was never retrieved" for the reads a failed checkpoint
+        read left behind (``_READ_NOISE``): dropped, the failure is reported once."""
+        def filter(self, record):
+            error = record.exc_info[1] if record.exc_info else None
+            text = f"{record.getMessage()} {error}"
+            return not any(noise in text for noise in _READ_NOISE)
+
     logging_std.getLogger("absl").addFilter(FirstLineOnly())
+    logging_std.getLogger("asyncio").addFilter(NoReadNoise())
+    logging_std.getLogger("asyncio").addFilter(FirstLineOnly())
+
+
+def quiet_thread_errors() -> None:
+    """A background writer (tensorboardX's event thread, say) that hits a full disk or a
+    file-size limit dies with a traceback on stderr while the main thread goes on to fail at
+    its own next write with the one line that matters; print that thread's error as one
+    warning line instead."""
+    default = threading.excepthook
+
+    def hook(args):
+        error = args.exc_value
+        if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+            where = f" ({error.filename})" if error.filename else ""
+            sys.stderr.write(f"warning: a background writer ({args.thread.name}) stopped: "
+                             f"{error.strerror or error}{where}\n")
+            return
+        default(args)
+
+    threading.excepthook = hook
+
+
+# What orbax's read path prints from tensorstore's callbacks after a read has failed (the
+# failure itself reaches us as an exception): the reading error once per array, and the
+# callbacks that then find the read's event loop closed.
+_READ_NOISE = ("Event loop is closed", "Encountered error while reading array index")
+
+
+def quiet_read_noise() -> None:
+    """Keep tensorstore's callback tracebacks out of stderr: after a checkpoint read fails
+    (a damaged file), each array still being read reports as an unraisable exception, a few
+    hundred tracebacks before the one line that says what happened and what was done."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        if any(str(unraisable.exc_value).startswith(noise) for noise in _READ_NOISE):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def exit_quietly(error: Exception) -> None:
@@ -168,14 +262,23 @@ def run(main, *, positional: bool = False, distributed: bool = True) -> None:
         if distributed:
             initialize_distributed()
         quiet_background_tracebacks()
+        quiet_thread_errors()
+        quiet_read_noise()
         try:
             return main(argv)
         except app.UsageError as e:  # absl would print the whole module docstring
             sys.exit(f"error: {e} (see --help)")
-        except (CheckpointWriteError, CheckpointMismatchError) as e:
+        except (CheckpointWriteError, CheckpointMismatchError, CheckpointDamagedError) as e:
             exit_quietly(e)
         except USER_ERRORS as e:
             sys.exit(f"error: {e}")
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            exit_quietly(environment_message(e))
+        except MemoryError:
+            exit_quietly("out of memory; lower input.eval_batch_size (or input.p for training), "
+                         "or free memory, then run the same command again")
 
     xla_flags.prefer_cpu_flags()  # before anything starts JAX's backend
     app.run(guarded, flags_parser=parse_flags)

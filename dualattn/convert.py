@@ -25,7 +25,7 @@ from absl import app, flags
 from configs import saved
 from dualattn import cli
 from dualattn.run.model import export_weights, import_weights
-from dualattn.run.workdir import RunDir
+from dualattn.run.workdir import RunDir, check_output_file
 from dualattn.weights.files import TORCH_SUFFIXES
 from dualattn.weights.state_dict import ConversionError
 
@@ -44,10 +44,11 @@ def main(argv):
             config = saved.get_config(str(RunDir(src).config))
         if config is None:
             cli.require("config")
-        step = export_weights(config, src, dst, FLAGS.checkpoint)
+        step = export_weights(config, src, check_output_file(dst, "OUT"), FLAGS.checkpoint)
         print(f"wrote {dst}: the {FLAGS.checkpoint} checkpoint of {src} (step {step})")
     elif src.suffix in _WEIGHT_FILES:
         cli.require("config")
+        RunDir(dst).prepare()  # a new workdir that can be written, before any work
         num_classes = import_weights(FLAGS.config, src, dst)
         print(f"wrote {dst}/checkpoints: {src} as step 0 ({num_classes} classes)")
     else:

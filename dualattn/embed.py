@@ -20,10 +20,11 @@ import numpy as np
 from absl import app, flags
 
 from data_pipeline.datasets.layouts import listing, unreadable_images
+from data_pipeline.input_pipeline import EIGHT_BIT_MODES
 from dualattn import cli
 from dualattn.errors import UserError
 from dualattn.evaluation.metrics import compute_distance_matrix
-from dualattn.run.workdir import atomic_output
+from dualattn.run.workdir import atomic_output, check_output_file
 from dualattn.serving.extractor import FeatureExtractor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -40,7 +41,7 @@ def list_images(folder: Path) -> list[Path]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise EmbedError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}")
-    bad = unreadable_images(paths, modes=None)  # any mode: decoding converts to RGB
+    bad = unreadable_images(paths, modes=EIGHT_BIT_MODES)  # 8-bit modes convert to RGB as is
     if bad:
         raise EmbedError(f"{len(bad)} image(s) cannot be decoded; remove or replace them:"
                          + listing(bad))
@@ -90,9 +91,7 @@ def main(argv):
         for rank, (i, d) in enumerate(zip(idx[0], dist[0], strict=True), 1):
             print(f"{rank:>4}  {d:10.4f}  {gallery[i]}")
         return
-    folder, out = Path(FLAGS.images), Path(FLAGS.out)
-    if not out.parent.is_dir():
-        raise EmbedError(f"--out {out}: folder {out.parent} does not exist")
+    folder, out = Path(FLAGS.images), check_output_file(FLAGS.out, "--out")
     paths = list_images(folder)
     feats = FeatureExtractor(FLAGS.workdir, config=config, checkpoint=FLAGS.checkpoint)(paths)
     with atomic_output(out, suffix=".npz") as tmp:

@@ -26,7 +26,7 @@ from dualattn.evaluation.report import write_run_report
 from dualattn.evaluation.scores import format_table
 from dualattn.run.data import load_data
 from dualattn.run.model import load_model, untrained_model
-from dualattn.run.workdir import RunDir, atomic_output
+from dualattn.run.workdir import RunDir, atomic_output, check_output_folder
 from dualattn.training.losses import TERMS
 
 FLAGS = flags.FLAGS
@@ -58,6 +58,9 @@ def main(argv):
     cli.require("config", "workdir")
     config, which, run = FLAGS.config, FLAGS.checkpoint, RunDir(FLAGS.workdir)
     check_config(config, jax.device_count())
+    figures = Path(FLAGS.figures_dir or run.path)
+    if FLAGS.report or FLAGS.visualize or FLAGS.attention:  # checked before any work
+        check_output_folder(figures, "--figures_dir" if FLAGS.figures_dir else "--workdir")
     # The checkpoint is found before the dataset is prepared: a workdir without one fails
     # at once.
     model = None if which == "untrained" else load_model(config, run.path, which)
@@ -71,7 +74,6 @@ def main(argv):
     if FLAGS.variants:
         rows = [(f"{label}: {name}", model.step, s) for name, s in evaluator.variants(model)]
     print(format_table(rows))
-    figures = Path(FLAGS.figures_dir or run.path)
     if FLAGS.report:
         out = write_run_report(config, run, figures / run.report(which).name, data, label,
                                model.step, scores, model, loss_terms=tuple(TERMS))

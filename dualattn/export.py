@@ -30,6 +30,7 @@ from dualattn import cli
 from dualattn.config_check import check_config
 from dualattn.errors import UserError
 from dualattn.run.model import InferenceModel, load_model
+from dualattn.run.workdir import check_output_file
 from dualattn.serving.stablehlo import export_stablehlo
 
 FORMATS = {"onnx": ".onnx", "stablehlo": ".stablehlo"}
@@ -55,8 +56,7 @@ def export_file(config, workdir: str | Path, fmt: str, out: Path,
     """Export the run's ``which`` checkpoint as ``fmt`` to ``out``; returns the model."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {sorted(FORMATS)}, not {fmt!r}")
-    if not out.parent.is_dir():
-        raise ExportError(f"--out {out}: folder {out.parent} does not exist")
+    out = check_output_file(out, "--out")
     check_config(config)
     config = config.copy_and_resolve_references()
     config.model.cpu_schedule = "off"  # plain Flax convolutions: the file runs anywhere

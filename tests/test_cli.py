@@ -4,6 +4,8 @@ before any training or compilation, so each costs one interpreter start; each co
 refusals are tested beside the command."""
 
 
+import pytest
+
 from tests.helpers import assert_one_error_line, run_command
 
 
@@ -13,6 +15,38 @@ def test_train_refuses_a_missing_dataset(tmp_path):
                        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
                        "--config.dataset.synthetic=False")
     assert_one_error_line(proc, "does not exist")
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config(:\n", "line 1 does not load (SyntaxError: invalid syntax)"),
+    ("import no_such_module\n", "line 1 does not load (ModuleNotFoundError: No module named "
+                                "'no_such_module')"),
+])
+def test_a_config_file_that_does_not_load_is_one_line(source, message, tmp_path):
+    (tmp_path / "mine.py").write_text(source)
+    proc = run_command("dualattn.train", "--config", str(tmp_path / "mine.py"), "--workdir",
+                       str(tmp_path / "run"))
+    assert_one_error_line(proc, f"the config file {tmp_path / 'mine.py'}, {message}; fix it")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_saved_config_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"optim": {"lr": ')  # cut short
+    proc = run_command("dualattn.evaluate", "--workdir", str(tmp_path))
+    assert_one_error_line(proc, f"the run's saved config {tmp_path / 'config.json'} cannot be "
+                                "read (Expecting value")
+
+
+def test_a_second_trainer_is_one_line(tmp_path):
+    from dualattn.run.workdir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.prepare()
+    with run.exclusive():
+        proc = run_command("dualattn.train", "--config", "configs/tiny.py", "--workdir",
+                           str(run.path))
+    assert_one_error_line(proc, f"--workdir {run.path} is in use by another trainer (pid ")
+    assert sorted(p.name for p in run.path.iterdir()) == []  # nothing written, lock released
 
 
 def test_compare_refuses_a_file_that_is_not_weights(tmp_path):

@@ -276,3 +276,47 @@ def test_prepared_files_are_never_reused_for_another_or_a_changed_folder(tmp_pat
     extra.with_name("0099_c1s1_000001_01.jpg").write_bytes(extra.read_bytes())
     with pytest.raises(DatasetLayoutError, match="prepared before the folder's files changed"):
         prepare("market1501", first, data_dir, verbose=False)
+
+
+def test_image_extensions_are_read_in_any_case(market_dir, tmp_path):
+    """Cameras and copy tools write .JPG as often as .jpg: both are the layout's images."""
+    from data_pipeline.datasets import layouts
+    src = copy_of(market_dir, tmp_path / "m")
+    train = sorted((src / "bounding_box_train").glob("*.jpg"))
+    for path in train[::3]:
+        path.rename(path.with_suffix(".JPG"))
+    records = layouts.scan(src, layouts.MARKET1501)
+    assert len(records["train"]) == len(train)
+    assert sum(r.name.endswith(".JPG") for r in records["train"]) == len(train[::3])
+
+
+def test_an_image_listed_twice_in_a_split_is_named(market_dir, tmp_path):
+    root = tmp_path / "mine"
+    write_custom(market_dir, root)
+    lines = (root / "train.txt").read_text().splitlines()  # a comment, then the images
+    (root / "train.txt").write_text("\n".join([*lines, lines[2]]) + "\n")
+    with pytest.raises(DatasetLayoutError, match=rf"1 image\(s\) of .* are listed more than "
+                                                 rf"once in a split.*\n  train: "
+                                                 rf"{lines[2].split()[0]} is listed 2 times"):
+        prepare("custom", root, tmp_path / "data")
+
+
+@pytest.mark.filterwarnings("ignore:Market-1501 counts")
+@pytest.mark.parametrize("error", [OSError(27, "File too large"),
+                                   RuntimeError("write() failed: No space left on device")])
+def test_a_conversion_that_fails_to_write_is_removed_and_named(market_dir, tmp_path,
+                                                               monkeypatch, error):
+    real = Market1501.download_and_prepare
+
+    def fails_half_way(self, *args, **kwargs):
+        real(self, *args, **kwargs)  # TFDS's files are written...
+        (tmp_path / "data" / "market1501" / "incomplete.XYZ_1.0.0").mkdir()
+        raise error  # ... and then the disk is full
+
+    monkeypatch.setattr(Market1501, "download_and_prepare", fails_half_way)
+    with pytest.raises(DatasetLayoutError, match=r"preparing market1501 in .* failed \(.*(File "
+                                                 r"too large|No space left).*\); what it had "
+                                                 r"written is removed"):
+        prepare("market1501", market_dir, tmp_path / "data", verbose=False)
+    assert_nothing_prepared(tmp_path / "data")
+    assert not (tmp_path / "data" / "market1501").exists()

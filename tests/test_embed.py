@@ -53,6 +53,11 @@ def test_embed_refuses_undecodable_images_naming_them(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(embed.EmbedError, match=r"(?s)1 image\(s\) cannot be decoded.*bad\.jpg"):
         embed.list_images(tmp_path)
+    (tmp_path / "bad.jpg").unlink()
+    Image.fromarray(np.full((64, 32), 40000, np.uint16)).save(tmp_path / "depth.png")
+    with pytest.raises(embed.EmbedError, match=r"(?s)1 image\(s\) cannot be decoded.*depth\.png: "
+                                               r"unsupported colour mode I;16"):
+        embed.list_images(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(embed.EmbedError, match="no .jpg"):
         embed.list_images(tmp_path / "empty")
@@ -61,6 +66,7 @@ def test_embed_refuses_undecodable_images_naming_them(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--images", "."], "give either --images DIR --out FILE"),
     (["--images", "no_such_folder", "--out", "f.npz"], "is not a folder of images"),
+    (["--images", ".", "--out", "."], "--out . is a folder; name a file to write"),
 ])
 def test_embed_refuses_incomplete_or_wrong_inputs(args, message, tmp_path):
     proc = run_command("dualattn.embed", "--config", "configs/tiny.py", "--workdir",

@@ -87,6 +87,13 @@ def test_evaluate_refuses_a_workdir_without_checkpoints(tmp_path):
     assert_one_error_line(proc, "no latest checkpoint under")
 
 
+def test_figures_need_a_folder_to_go_to(trained_run, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = run_command("dualattn.evaluate", "--workdir", str(trained_run[1]), "--visualize",
+                       "2", "--figures_dir", str(tmp_path / "a_file"))
+    assert_one_error_line(proc, f"--figures_dir {tmp_path / 'a_file'} is not a folder")
+
+
 def test_an_unexpected_argument_is_one_line(tmp_path):
     proc = run_command("dualattn.evaluate", "--config", "configs/tiny.py", "--workdir",
                        str(tmp_path), "stray")

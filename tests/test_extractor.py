@@ -79,6 +79,13 @@ def test_crops_it_cannot_read_are_named(trained_run, tmp_path):
              ([b"not an image"], r"crop 0: cannot read image bytes"),
              ([3.5], r"crop 0: expected .* got float"),
              (42, r"expected a crop or a list of crops, got int")]
+    # 16-bit and float images: PIL's conversion to RGB would clip them, not rescale them.
+    sixteen = Image.fromarray(np.full((20, 10), 40000, np.uint16))
+    assert sixteen.mode.startswith("I;16")
+    sixteen.save(tmp_path / "depth.png")
+    cases += [([good, sixteen], r"crop 1: PIL mode I;16 is not an 8-bit image"),
+              ([Image.fromarray(np.ones((20, 10), np.float32))], r"crop 0: PIL mode F is not"),
+              ([tmp_path / "depth.png"], r"crop 0: PIL mode I;16 is not an 8-bit image")]
     for crops, message in cases:
         with pytest.raises(CropError, match=message):
             extract(crops)

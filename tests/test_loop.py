@@ -1,16 +1,21 @@
 """The training loop end to end on the tiny config: it learns, logs, checkpoints, resumes,
 evaluates each time from one distance matrix, and keeps its state safe when a step fails."""
 
+import os
+import re
+import shutil
+
 import jax
 import numpy as np
 import pytest
 
 from dualattn.evaluation import evaluator as evaluator_module
 from dualattn.evaluation import figures, metrics, rerank
-from dualattn.run.checkpoint import Checkpointer, CheckpointMismatchError
+from dualattn.run.checkpoint import CheckpointDamagedError, Checkpointer, CheckpointMismatchError
 from dualattn.run.data import load_data
-from dualattn.run.model import create_train_state
-from dualattn.run.workdir import RunDir
+from dualattn.run.model import create_train_state, load_model
+from dualattn.run.record import RunRecordError
+from dualattn.run.workdir import RunDir, WorkdirInUseError
 from dualattn.training.loop import Trainer, train_and_evaluate
 from dualattn.training.losses import TERMS
 from tests.helpers import assert_one_error_line, read_rows, run_command, tiny_config
@@ -89,7 +94,7 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
         c = tiny_config(data_paths)
         data = load_data(c)
         target = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch).state
-        state, _ = Checkpointer(RunDir(workdir)).restore_latest(target)
+        state, _, _ = Checkpointer(RunDir(workdir)).restore_latest(target)
         assert set(state) == {"model", "optimizer"}  # the checkpoint's named parts
         return state
 
@@ -140,25 +145,102 @@ def test_a_failed_evaluation_loses_no_training_and_is_redone_on_resume(data_path
 
 
 def test_checkpoint_of_another_model_is_refused_with_the_fix(data_paths, tmp_path):
+    """Without its config.json (a run converted from PyTorch weights has none), the
+    checkpoint itself says it was written by another model."""
     train_and_evaluate(tiny_config(data_paths, epochs=1), tmp_path)
+    RunDir(tmp_path).config.unlink()
     c = tiny_config(data_paths, epochs=2)
     c.model.use_sa = False
-    with pytest.raises(CheckpointMismatchError, match="new --workdir"):
+    with pytest.raises(CheckpointMismatchError, match="does not match this model .*new --workdir"):
         train_and_evaluate(c, tmp_path)
+
+
+def unchanged(workdir):
+    """What a refused resume must leave as it was: the record, the log, the checkpoints."""
+    run = RunDir(workdir)
+    return (run.config.read_bytes(), run.metrics.read_bytes(),
+            sorted(p.name for p in run.checkpoint_dir("latest").iterdir()))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"optim.lr": 0.5}, r"other settings \(optim.lr: 0.001 in the run, 0.5 now\)"),
+    ({"dataset.root": "elsewhere"}, r"other settings \(dataset.root: .* in the run, .*elsewhere"),
+    ({"optim.epochs": 1}, r"has trained 24 steps \(2 epochs\), more than "
+                          r"--config.optim.epochs=1"),
+])
+def test_a_finished_run_resumed_with_other_settings_is_refused_and_left_as_it_was(
+        trained_run, change, message):
+    c, run = trained_run
+    before = unchanged(run)
+    c = c.copy_and_resolve_references()
+    for key, value in change.items():
+        section, leaf = key.split(".")
+        c[section][leaf] = value
+    with pytest.raises(RunRecordError, match=message):
+        train_and_evaluate(c, run)
+    assert unchanged(run) == before
+
+
+def test_a_second_trainer_on_a_workdir_is_refused(trained_run):
+    c, run = trained_run
+    before = unchanged(run)
+    with RunDir(run).exclusive():
+        with pytest.raises(WorkdirInUseError, match="in use by another trainer"):
+            train_and_evaluate(c, run)
+    assert unchanged(run) == before
+
+
+# Reading a damaged checkpoint leaves tensorstore callbacks that report as unraisable
+# exceptions; the commands silence them (dualattn.cli), pytest warns of them.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_checkpoint_is_skipped_and_changed_data_is_refused(trained_run, data_paths,
+                                                                     tmp_path, capsys):
+    """The newest checkpoint cut short: evaluation refuses it naming the intact best one, and
+    training resumes from the previous one, saying so. Then the dataset's files change and
+    it is prepared afresh elsewhere: the same config is refused, since the checkpoints were
+    trained on other data. (``trained_run`` generated the dataset copied here.)"""
+    raw = tmp_path / "raw"
+    shutil.copytree(data_paths[0], raw)
+    c = tiny_config((raw, tmp_path / "tfds"), epochs=2)
+    workdir = tmp_path / "run"
+    train_and_evaluate(c, workdir)
+    run = RunDir(workdir)
+    assert run.checkpoint_steps("latest") == [12, 24]
+    chunks = sorted((run.checkpoint_dir("latest") / "24").rglob("ocdbt.process_0/d/*"),
+                    key=lambda p: p.stat().st_size)
+    os.truncate(chunks[-1], 1000)
+    with pytest.raises(CheckpointDamagedError, match=r"the latest checkpoint \(step 24\) .* "
+                                                     r"cannot be read .*; the best checkpoint "
+                                                     r"\(step \d+\) is intact: pass "
+                                                     r"--checkpoint=best"):
+        load_model(c, workdir, "latest")
+    capsys.readouterr()
+    train_and_evaluate(c, workdir)
+    out = capsys.readouterr().out
+    assert re.search(r"the checkpoint at step 24 cannot be read \(.*\); set aside as "
+                     r".*24\.damaged; resuming from step 12, the newest intact one", out)
+    assert run.checkpoint_steps("latest") == [12, 24]  # step 24 trained and saved again
+    assert [r["step"] for r in read_rows(workdir) if "mAP" in r] == [12, 24]
+
+    image = next((raw / "query").glob("*.jpg"))
+    os.utime(image, (0, 0))
+    c.dataset.data_dir = str(tmp_path / "tfds_again")
+    c.optim.epochs = 3
+    with pytest.raises(RunRecordError, match=r"was trained on other data: on .*raw before its "
+                                             r"files changed \(\d+ files"):
+        train_and_evaluate(c, workdir)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         data_paths, tmp_path):
-    c = tiny_config(data_paths, epochs=1)
-    train_and_evaluate(c, tmp_path)
-    run = RunDir(tmp_path)
-    saved = run.checkpoint_steps("latest")[-1]
-    c = tiny_config(data_paths, epochs=2, lr=float("nan"))
-    # Step saved+1 computes its loss from good parameters; its NaN-rate update poisons them, so
-    # the loss first turns NaN at step saved+2.
-    with pytest.raises(FloatingPointError, match=f"at step {saved + 2};"):
+    c = tiny_config(data_paths, epochs=2)
+    # BoT's schedule runs epoch E at t = E + 1, so a decay at 2 by NaN turns the rate NaN from
+    # the second epoch's first step (13): its loss comes from good parameters, its update
+    # poisons them, so the loss first turns NaN one step later.
+    c.optim.decay_epochs, c.optim.decay_factor = (2,), float("nan")
+    with pytest.raises(FloatingPointError, match="at step 14;"):
         train_and_evaluate(c, tmp_path)
-    assert run.checkpoint_steps("latest")[-1] == saved
+    assert RunDir(tmp_path).checkpoint_steps("latest") == [12]
 
 
 @pytest.mark.parametrize("override,message", [

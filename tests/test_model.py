@@ -81,7 +81,10 @@ def test_convert_round_trips_a_run_through_pytorch_files(trained_run, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["notes.txt", "out"], "is neither a run's workdir nor a"),
     (["."], "give IN and OUT"),
+    (["RUN", "missing/model.safetensors"], "OUT missing/model.safetensors: folder missing does "
+                                           "not exist"),
 ])
-def test_convert_refuses_what_it_cannot_convert(args, message):
+def test_convert_refuses_what_it_cannot_convert(args, message, trained_run):
+    args = [str(trained_run[1]) if a == "RUN" else a for a in args]
     proc = run_command("dualattn.convert", "--config", "configs/tiny.py", *args)
     assert_one_error_line(proc, message)

@@ -81,7 +81,7 @@ def latest_state(data_paths, workdir):
     c = config_for(data_paths)
     data = load_data(c)
     target = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch).state
-    state, meta = Checkpointer(RunDir(workdir)).restore_latest(target)
+    state, meta, _ = Checkpointer(RunDir(workdir)).restore_latest(target)
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}, meta
 
@@ -140,6 +140,7 @@ def test_sigterm_then_sigkill_mid_save_then_resume_equals_straight(data_paths, s
              or saved_steps(workdir)[-1] > stopped_at, proc)
     proc.kill()
     proc.communicate()
+    assert RunDir(workdir).lock.exists()  # left by the killed trainer; the next takes it over
     survivors = saved_steps(workdir)
     assert survivors and survivors[-1] >= stopped_at
 
@@ -313,9 +314,10 @@ def test_disk_full_during_a_save_keeps_the_last_checkpoint(data_paths, straight,
     assert run(command(data_paths, workdir, epochs=1)).returncode == 0
     before_steps, before_rows = saved_steps(workdir), rows(workdir)
     proc = run(with_file_size_limit(command(data_paths, workdir, epochs=2)))
-    # orbax and tensorstore log the failed writes from their own threads first (with
-    # tracebacks we cannot reach); the run's last word is ours.
+    # orbax logs the failed writes from its own threads first, a line each; the run's last
+    # word is ours, and no traceback comes before it.
     assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: writing a checkpoint under") and "File too large" in last
     assert f"the last complete one (step {before_steps[-1]}) is intact" in last
@@ -326,14 +328,31 @@ def test_disk_full_during_a_save_keeps_the_last_checkpoint(data_paths, straight,
     assert proc.returncode == 0 and f"resumed from step {before_steps[-1]}" in proc.stdout
 
 
+def test_a_file_size_limit_while_the_dataset_is_first_converted(tmp_path):
+    """The first run generates the synthetic dataset and converts it; the conversion cannot
+    write its files: one line, and no partial conversion left behind."""
+    data = tmp_path / "raw", tmp_path / "tfds"
+    proc = run(with_file_size_limit(command(data, tmp_path / "run", epochs=1)))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: preparing market1501 in {data[1]} failed (") \
+        and "File too large" in last and "what it had written is removed" in last, last
+    assert not list(data[1].rglob("*.array_record*")) and not (data[1] / "market1501").exists()
+    assert data[0].is_dir()  # the generated images are kept: the next run converts them
+
+
 @pytest.mark.parametrize("case,expected", [
     ("dataset", "does not exist"),
     ("pretrained_missing", "does not exist"),
     ("pretrained_format", "not in torch's zip format"),
     ("workdir", "is not writable"),
-    ("other_model", "does not match this model configuration"),
+    ("other_model", "holds a run trained with other settings (model.use_sa: True in the run, "
+                    "False now)"),
     ("unknown_key", "unknown config key 'nope'"),
     ("wrong_type", "invalid literal"),
+    ("too_many_ids", "P=50 identities per batch, but the training set has only 8; lower P"),
+    ("fewer_epochs", "has trained 36 steps (3 epochs), more than --config.optim.epochs=2"),
+    ("another_root", "holds a run trained with other settings (dataset.root: "),
 ])
 def test_bad_input_ends_in_one_line_naming_the_fix(case, expected, data_paths, straight,
                                                    tmp_path):
@@ -356,6 +375,12 @@ def test_bad_input_ends_in_one_line_naming_the_fix(case, expected, data_paths, s
         extra = ["--config.model.nope=1"]
     elif case == "wrong_type":
         extra = ["--config.model.width=wide"]
+    elif case == "too_many_ids":
+        extra = ["--config.input.p=50"]
+    elif case == "fewer_epochs":
+        workdir, extra = straight, ["--config.optim.epochs=2"]
+    elif case == "another_root":
+        workdir, extra = straight, [f"--config.dataset.root={tmp_path / 'other'}"]
     before = sorted(p.relative_to(straight) for p in straight.rglob("*"))
     proc = run(command(data_paths, workdir, *extra))
     assert proc.returncode != 0

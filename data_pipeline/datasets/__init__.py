@@ -1,5 +1,6 @@
 """ReID datasets in their original layouts, built once into array_record files by TFDS."""
 
+from data_pipeline.datasets import fingerprint
 from data_pipeline.datasets.builders import (
                                              BUILDERS,
                                              data_sources,
@@ -9,5 +10,5 @@ from data_pipeline.datasets.builders import (
 )
 from data_pipeline.datasets.layouts import DatasetLayoutError
 
-__all__ = ["BUILDERS", "DatasetLayoutError", "data_sources", "prepare", "prepared_source",
-           "read_columns"]
+__all__ = ["BUILDERS", "DatasetLayoutError", "data_sources", "fingerprint", "prepare",
+           "prepared_source", "read_columns"]

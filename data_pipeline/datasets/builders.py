@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -118,10 +119,12 @@ BUILDERS: dict[str, type[ReIDBuilder]] = {
 
 
 def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
-            verbose: bool = True) -> ReIDBuilder:
+            verbose: bool = True, warn_counts: bool = True) -> ReIDBuilder:
     """Build dataset ``name`` from ``manual_dir`` into ``data_dir`` once; return its builder.
 
-    Raises ``DatasetLayoutError`` with the fix when the folder is wrong; nothing is written then.
+    Raises ``DatasetLayoutError`` with the fix when the folder is wrong (nothing is written
+    then) or when writing fails (a full disk; what was written is removed). ``warn_counts``:
+    warn when the split sizes differ from the published dataset's (not for a generated one).
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
@@ -133,18 +136,42 @@ def prepare(name: str, manual_dir: str | Path, data_dir: str | Path, *,
         return builder
     records = layouts.scan(manual_dir, cls.LAYOUT)
     source = fingerprint.fingerprint(manual_dir)
+    summary = layouts.summarize(records, cls.LAYOUT, warn=warn_counts)
     if verbose:
-        print(layouts.summarize(records, cls.LAYOUT))
+        print(summary)
         print(f"preparing {name} in {data_dir} (once) ...", flush=True)
     start = time.perf_counter()
-    with quiet_tfds():
-        builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-    fingerprint.record(builder.data_dir, source)
+    try:
+        with quiet_tfds():
+            builder = cls(data_dir=str(data_dir), file_format="array_record", records=records)
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        fingerprint.record(builder.data_dir, source)
+    except BaseException as e:
+        _remove_partial(data_dir, name)
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk, a file-size limit
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise layouts.DatasetLayoutError(
+                f"preparing {name} in {data_dir} failed ({' '.join(reason.split())[:200]}); "
+                "what it had written is removed. Fix the cause (a full disk: free space), then "
+                "run the same command again") from e
+        raise
     if verbose:
         print(f"prepared {name} in {time.perf_counter() - start:.0f} s")
     return builder
+
+
+def _remove_partial(data_dir: Path, name: str) -> None:
+    """A failed preparation's files: TFDS's ``incomplete.*`` folders under
+    ``data_dir/<name>``, a version folder that was finished but never got its source record
+    (so it could not be checked on reuse), and the empty folders TFDS made."""
+    for path in (data_dir / name).glob("*"):
+        if path.is_dir() and ("incomplete" in path.name
+                              or not (path / fingerprint.SOURCE_FILE).exists()):
+            shutil.rmtree(path, ignore_errors=True)
+    for empty in (data_dir / name, data_dir / "downloads" / "extracted", data_dir / "downloads"):
+        with contextlib.suppress(OSError):
+            empty.rmdir()  # only when empty
 
 
 @contextlib.contextmanager

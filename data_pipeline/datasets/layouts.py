@@ -8,6 +8,7 @@ the expected layout, and every offending file (the first few of them, with a cou
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import re
@@ -84,8 +85,11 @@ class FolderLayout(Layout):
         found, bad = {}, []
         for split, folder in self.folders.items():
             found[split] = []
-            # Only images of the dataset's type: the archives carry stray Thumbs.db files.
-            for path in sorted((root / self.subdir / folder).glob(f"*{self.suffix}")):
+            # Only images of the dataset's type, in any case (.jpg, .JPG): the archives carry
+            # stray Thumbs.db files.
+            for path in sorted((root / self.subdir / folder).iterdir()):
+                if path.suffix.lower() != self.suffix or not path.is_file():
+                    continue
                 m = self.pattern.match(path.name)
                 if m is None:
                     bad.append(f"{path}: name does not follow {self.example}")
@@ -197,12 +201,12 @@ _MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "
 MARKET1501 = FolderLayout(
     name="Market-1501", example="0002_c1s1_000451_03.jpg", junk_pid=-1,
     published=(751, 12936, 3368, 15913), folders=_MARKET_FOLDERS,
-    pattern=re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.jpg$"))
+    pattern=re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+\.jpg$", re.IGNORECASE))
 
 DUKEMTMC_REID = FolderLayout(
     name="DukeMTMC-reID", example="0001_c2_f0046182.jpg", junk_pid=None,
     published=(702, 16522, 2228, 17661), folders=_MARKET_FOLDERS,
-    pattern=re.compile(r"^(\d+)_c(\d+)_f\d+\.jpg$"))
+    pattern=re.compile(r"^(\d+)_c(\d+)_f\d+\.jpg$", re.IGNORECASE))
 
 MSMT17 = ListLayout(
     name="MSMT17", example="0000_000_01_0303morning_0015_0.jpg", junk_pid=None,
@@ -218,7 +222,7 @@ def cuhk03_np(variant: str) -> FolderLayout:
     return FolderLayout(
         name=f"CUHK03-NP ({variant})", example="0001_c1_1.png", junk_pid=None,
         published=published[variant], image_format="png", folders=_MARKET_FOLDERS,
-        subdir=variant, pattern=re.compile(r"^(\d+)_c(\d+)_\d+\.png$"))
+        subdir=variant, pattern=re.compile(r"^(\d+)_c(\d+)_\d+\.png$", re.IGNORECASE))
 
 
 def listing(problems: list[str]) -> str:
@@ -279,6 +283,11 @@ def scan(manual_dir: str | Path, layout: Layout, *, check_images: bool = True,
     records = {split: [Record(path, pid, cam - 1, path.relative_to(root).as_posix())
                        for path, pid, cam in found[split]
                        if pid != layout.junk_pid] for split in SPLITS}
+    twice = [f"{split}: {name} is listed {n} times" for split in SPLITS
+             for name, n in collections.Counter(r.name for r in records[split]).items() if n > 1]
+    if twice:
+        raise DatasetLayoutError(f"{len(twice)} image(s) of {root} are listed more than once in "
+                                 "a split; list each image once:" + listing(twice))
     files = [path for split in SPLITS for path, _, _ in found[split]]
     empty = [s for s in SPLITS if not records[s]]
     if empty:

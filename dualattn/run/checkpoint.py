@@ -41,6 +41,10 @@ class CheckpointNotFoundError(UserError, FileNotFoundError):
     """The workdir holds no checkpoint of the kind asked for."""
 
 
+class CheckpointDamagedError(UserError, OSError):
+    """A checkpoint's files are missing or cut; the message names an intact alternative."""
+
+
 def _os_reason(error: BaseException) -> str:
     """The operating-system reason inside an orbax/tensorstore error, else its first line."""
     match = re.search(r"os_error_code='(\d+)'", str(error))
@@ -58,13 +62,19 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def _paths(tree, prefix: str = ""):
-    """'a/b/value'-style paths of the leaves of orbax's nested-dict metadata tree."""
+def _reason(error: BaseException) -> str:
+    """One line on why a checkpoint could not be read."""
+    text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+    return text[:160] or type(error).__name__
+
+
+def _leaves(tree, prefix: str = ""):
+    """``('a/b/value', shape)`` of the leaves of orbax's nested-dict metadata tree."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            yield from _paths(v, f"{prefix}/{k}" if prefix else str(k))
+            yield from _leaves(v, f"{prefix}/{k}" if prefix else str(k))
     else:
-        yield prefix
+        yield prefix, tuple(getattr(tree, "shape", ()) or ())
 
 
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
@@ -77,6 +87,15 @@ def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     # restore has told orbax what each item is.
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+class _DamagedError(Exception):
+    """A checkpoint at ``step`` that cannot be read, and why (internal: callers turn it into
+    a skip or a CheckpointDamagedError)."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(step, reason)
+        self.step, self.reason = step, reason
 
 
 class Checkpointer:
@@ -95,14 +114,27 @@ class Checkpointer:
             raise ValueError(f"which must be one of {CHECKPOINT_KINDS}, got {which!r}")
         return self.best if which == "best" else self.latest
 
+    @staticmethod
+    def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
+        try:
+            return dict(manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta)
+        except Exception as e:  # noqa: BLE001 - a cut or missing file fails in many ways
+            raise _DamagedError(step, _reason(e)) from e
+
     def metadata(self, which: str) -> dict | None:
-        """The newest ``which`` checkpoint's metadata, or None when there is none."""
+        """The newest ``which`` checkpoint's metadata, or None when there is none; refused in
+        one line, naming an intact alternative, when it cannot be read."""
         manager = self._manager(which)
         step = manager.latest_step()
         if step is None:
             return None
-        return dict(manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta)
+        try:
+            return self._meta(manager, step)
+        except _DamagedError as e:
+            raise CheckpointDamagedError(
+                f"the {which} checkpoint (step {step}) under {self.directory} cannot be read "
+                f"({e.reason}); {self._alternative(which, step, self._meta)}") from e
 
     @staticmethod
     def _args(state, meta: dict[str, Any]) -> ocp.args.Composite:
@@ -144,59 +176,125 @@ class Checkpointer:
         return step
 
     @staticmethod
-    @contextlib.contextmanager
-    def _matching(directory: Path, step: int):
-        """Turn orbax's structure and shape errors into one CheckpointMismatchError."""
-        try:
-            yield
-        except (ValueError, KeyError, TypeError) as e:
-            detail = " ".join(str(e).split())[:300]  # orbax's message spans many lines
+    def _check_matches(manager: ocp.CheckpointManager, step: int, abstract, part=None) -> None:
+        """Raise CheckpointMismatchError unless the checkpoint at ``step`` holds exactly the
+        variables of ``abstract`` (under ``part`` of the saved state, if given): another
+        config wrote it. Reading the metadata of a damaged checkpoint raises as it is."""
+        meta = manager.item_metadata(step)["state"]
+        tree = getattr(meta, "tree", meta)
+        stored = dict(_leaves(tree[part] if part else tree))
+        wanted = {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+                  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        extra, missing = sorted(stored.keys() - wanted), sorted(wanted.keys() - stored)
+        shapes = sorted(f"{k} {stored[k]} vs {wanted[k]}" for k in stored.keys() & wanted
+                        if stored[k] != wanted[k])
+        if extra or missing or shapes:
             raise CheckpointMismatchError(
-                f"the checkpoint at {directory}/{step} does not match this model "
-                f"configuration ({type(e).__name__}: {detail}); use the config that wrote "
-                "it, or a new --workdir to start afresh") from e
+                f"the checkpoint at {manager.directory}/{step} does not match this model "
+                f"configuration ({len(extra)} variable(s) only in the checkpoint, e.g. "
+                f"{extra[:3]}; {len(missing)} only in the model, e.g. {missing[:3]}; "
+                f"{len(shapes)} of another shape, e.g. {shapes[:2]}); use the config that "
+                "wrote it, or a new --workdir to start afresh")
 
-    def restore_latest(self, target) -> tuple[Any, dict]:
-        """The whole training state of the newest latest checkpoint, shaped and sharded like
-        ``target`` (its named parts): ``(state, metadata)``."""
-        step = self._step(self.latest, _NOT_YET["latest"])
+    def _read(self, manager: ocp.CheckpointManager, step: int, abstract, args, part=None):
+        """``manager.restore(step, args)`` after checking the variables match; a checkpoint
+        that cannot be read (a file missing or cut) raises ``_DamagedError``."""
+        try:
+            self._check_matches(manager, step, abstract, part)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged store fails in many ways
+            raise _DamagedError(step, _reason(e)) from e
+        try:
+            return manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001
+            raise _DamagedError(step, _reason(e)) from e
+
+    def restore_latest(self, target) -> tuple[Any, dict, list[tuple[int, str]]]:
+        """The whole training state of the newest latest checkpoint that can be read, shaped
+        and sharded like ``target`` (its named parts): ``(state, metadata, damaged)``, where
+        ``damaged`` lists the newer checkpoints skipped as unreadable, ``(step, reason)``."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointNotFoundError(
+                f"no checkpoint under {self.latest.directory}: {_NOT_YET['latest']}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        with self._matching(self.latest.directory, step):
-            restored = self.latest.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return restored.state, restored.meta
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                  meta=ocp.args.JsonRestore())
+        damaged = []
+        for step in steps:
+            try:
+                restored = self._read(self.latest, step, abstract, args)
+            except _DamagedError as e:
+                damaged.append((e.step, e.reason))
+                continue
+            return restored.state, restored.meta, damaged
+        raise CheckpointDamagedError(
+            f"no checkpoint under {self.latest.directory} can be read ("
+            + "; ".join(f"step {s}: {r}" for s, r in damaged) + "); restore the folder from a "
+            "backup, or start afresh in a new --workdir")
+
+    def set_aside(self, step: int) -> Path:
+        """Rename the unreadable latest checkpoint at ``step`` to ``<step>.damaged`` (or
+        ``.damaged.2``...: kept for inspection, no longer a step orbax counts), so that saving
+        resumes below it."""
+        folder = self.latest.directory / str(step)
+        target, n = folder.with_name(f"{step}.damaged"), 1
+        while target.exists():  # set aside at this step before
+            n += 1
+            target = folder.with_name(f"{step}.damaged.{n}")
+        if jax.process_index() == 0 and folder.exists():
+            folder.rename(target)
+        self.latest.reload()
+        return target
 
     def restore_model(self, which: str, target) -> tuple[Any, dict]:
         """The ``model`` part alone of the newest ``which`` checkpoint, shaped and sharded like
         ``target`` (a model state, arrays or ShapeDtypeStructs); the optimizer's moments are
-        not read. Returns ``(model state, metadata)``."""
+        not read. Returns ``(model state, metadata)``. An unreadable checkpoint is refused,
+        naming the newest intact one of either kind."""
         manager = self._manager(which)
         step = self._step(manager, _NOT_YET[which])
-        reader = ocp.CheckpointManager(
-            manager.directory, options=ocp.CheckpointManagerOptions(create=False),
-            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
+        # A partial restore reads what the target names and ignores the rest.
         abstract = {"model": jax.tree.map(ocp.utils.to_shape_dtype_struct, target)}
-        # A partial restore reads what the target names and ignores the rest: check first that
-        # the checkpoint's model has exactly the target's variables.
-        stored_tree = manager.item_metadata(step)["state"]
-        stored = set(_paths(stored_tree.get("model", {})))
-        wanted = {"/".join(_key_name(k) for k in path[1:])
-                  for path, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-        if stored != wanted:
-            extra, missing = sorted(stored - wanted), sorted(wanted - stored)
-            raise CheckpointMismatchError(
-                f"the checkpoint at {manager.directory}/{step} does not match this model "
-                f"configuration ({len(extra)} variable(s) only in the checkpoint, e.g. "
-                f"{extra[:3]}; {len(missing)} only in the model, e.g. {missing[:3]}); use the "
-                "config that wrote it")
-        with self._matching(manager.directory, step):
-            restored = reader.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                    partial_restore=True),
-                meta=ocp.args.JsonRestore()))
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True),
+            meta=ocp.args.JsonRestore())
+
+        def probe(manager, s):
+            reader = ocp.CheckpointManager(
+                manager.directory, options=ocp.CheckpointManagerOptions(create=False),
+                item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                               "meta": ocp.JsonCheckpointHandler()})
+            return self._read(reader, s, abstract["model"], args, part="model")
+
+        try:
+            restored = probe(manager, step)
+        except _DamagedError as e:
+            raise CheckpointDamagedError(
+                f"the {which} checkpoint (step {step}) under {self.directory} cannot be read "
+                f"({e.reason}); {self._alternative(which, step, probe)}") from e
         return restored.state["model"], restored.meta
+
+    def _alternative(self, which: str, step: int, probe) -> str:
+        """Which other checkpoint ``probe(manager, step)`` can read, and how to use it."""
+        other = "best" if which == "latest" else "latest"
+        # The other kind first: a flag away; then an older one of this kind.
+        for kind, manager in ((other, self._manager(other)), (which, self._manager(which))):
+            for s in sorted(manager.all_steps(), reverse=True):
+                if kind == which and s >= step:
+                    continue
+                try:
+                    probe(manager, s)
+                except (_DamagedError, CheckpointMismatchError):
+                    continue
+                if kind == which == "latest":
+                    return (f"the previous latest checkpoint (step {s}) is intact: train again "
+                            "on this workdir to resume from it")
+                return f"the {kind} checkpoint (step {s}) is intact: pass --checkpoint={kind}"
+        return "no other checkpoint of this run can be read"
 
     def wait(self) -> None:
         with self._writing():

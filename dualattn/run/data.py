@@ -4,6 +4,7 @@ opened, the training sampler built and the test identities read and checked."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from data_pipeline import synthetic
 from data_pipeline.datasets import (
     DatasetLayoutError,
     data_sources,
+    fingerprint,
     prepare,
     prepared_source,
     read_columns,
@@ -30,6 +32,9 @@ class Data:
     sampler: PKSampler  # or its subclass IdentitySampler (config.input.sampler)
     num_classes: int
     ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
+    # The fingerprint of the folder the prepared dataset came from (path, file count, size,
+    # digest): what a run's checkpoints record, so that it is never resumed on other data.
+    source: dict
 
 
 def refuse_stray_generation(ds: ml_collections.ConfigDict) -> None:
@@ -72,17 +77,31 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
             refuse_stray_generation(ds)
             print(f"generating the synthetic dataset in {ds.root} ...")
             tmp = Path(f"{ds.root}.incomplete")
-            synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,
-                               test_ids=ds.synthetic_test_ids, seed=config.seed)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a generation that was killed
+            try:
+                synthetic.generate(tmp, train_ids=ds.synthetic_train_ids,
+                                   test_ids=ds.synthetic_test_ids, seed=config.seed)
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)  # no half-written dataset is left
+                if isinstance(e, OSError):
+                    raise DatasetLayoutError(
+                        f"generating the synthetic dataset in {ds.root} failed "
+                        f"({e.strerror or e}); fix the cause (a full disk: free space), then "
+                        "run the same command again") from e
+                raise
             tmp.rename(ds.root)  # a half-written dataset never sits at `root`
-        builder = prepare(ds.name, ds.root, ds.data_dir)
+        builder = prepare(ds.name, ds.root, ds.data_dir, warn_counts=not ds.synthetic)
     multihost_utils.sync_global_devices("dataset prepared")
     if builder is None:  # the other processes open what process 0 prepared (and checked)
         builder = prepare(ds.name, ds.root, ds.data_dir, verbose=False)
     sources = data_sources(builder)
     (labels,) = read_columns(sources["train"], "label")
-    sampler = make_sampler(config.input.sampler, labels, config.input.p, config.input.k,
-                           seed=config.seed)
+    try:
+        sampler = make_sampler(config.input.sampler, labels, config.input.p, config.input.k,
+                               seed=config.seed)
+    except ValueError as e:  # e.g. more identities per batch than the training set has
+        raise ConfigError(f"{e} (dataset {ds.root})") from None
     ids = {split: read_columns(sources[split], "pid", "camid") for split in ("query", "gallery")}
     check_test_split(ids, ds.root)
-    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids)
+    return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids,
+                source=fingerprint.recorded(builder.data_dir))

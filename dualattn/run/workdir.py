@@ -11,8 +11,11 @@ real name. It needs only the standard library, so ``data_pipeline`` uses it too.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +25,47 @@ from dualattn.errors import UserError
 CHECKPOINT_KINDS = ("latest", "best")
 
 
+class OutputPathError(UserError, OSError):
+    """An output path that cannot be written: the message names the flag and the fix."""
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a file the user asked for (``flag`` names where): its folder must exist and
+    be writable, and the path must not be a folder. Checked before any work is spent."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder; name a file to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path}: folder {folder} is not writable")
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder to write files into: created if missing (its parents too), and
+    writable."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"{flag} {path} is not a folder") from None
+    except OSError as e:
+        raise OutputPathError(f"{flag} {path} cannot be created ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {path} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; when the block ends without an error
     the file is flushed to disk and renamed to ``path``, else removed. ``suffix`` keeps an
     extension that a writer insists on (``np.savez`` adds ``.npz`` to names without it)."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; name a file to write")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         yield tmp
@@ -49,6 +87,10 @@ class WorkdirError(UserError, OSError):
     """The workdir cannot be created or written."""
 
 
+class WorkdirInUseError(UserError, OSError):
+    """Another trainer holds the workdir's lock."""
+
+
 class RunDir:
     """The files of one run's workdir, by name:
 
@@ -57,7 +99,8 @@ class RunDir:
     - ``tensorboard/``: the same scalars and figures as event files;
     - ``checkpoints/latest`` and ``checkpoints/best``: orbax step folders;
     - ``baselines.json``: the untrained network's and colour histograms' scores;
-    - ``report.html`` (training) and ``report_<checkpoint>.html`` (``evaluate --report``).
+    - ``report.html`` (training) and ``report_<checkpoint>.html`` (``evaluate --report``);
+    - ``lock``: the trainer writing the workdir (``exclusive``).
     """
 
     def __init__(self, path: str | Path):
@@ -67,6 +110,7 @@ class RunDir:
         self.tensorboard = self.path / "tensorboard"
         self.checkpoints = self.path / "checkpoints"
         self.baselines = self.path / "baselines.json"
+        self.lock = self.path / "lock"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -145,3 +189,45 @@ class RunDir:
 
     def load_baselines(self) -> dict | None:
         return json.loads(self.baselines.read_text()) if self.baselines.exists() else None
+
+    # -- lock ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the workdir's lock for the block: one trainer writes a workdir at a time.
+
+        The lock is an ``flock`` on ``lock``, so the kernel releases it when its holder dies,
+        ``kill -9`` included: a lock file left by a killed trainer is taken over. The file
+        says who holds it (pid, host, start time) for the refusal's message."""
+        while True:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                raise WorkdirInUseError(self._in_use(holder)) from None
+            try:  # the file we locked is still the one at the path (not unlinked meanwhile)
+                if os.fstat(fd).st_ino == os.stat(self.lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.lock.unlink()
+            os.close(fd)
+
+    def _in_use(self, holder: str) -> str:
+        try:
+            who = json.loads(holder)
+            by = f"pid {who['pid']} on {who['host']}, started {who['started']}"
+        except (ValueError, KeyError, TypeError):
+            by = "another process"
+        return (f"--workdir {self.path} is in use by another trainer ({by}); wait for it to "
+                "finish or stop it, or choose another --workdir")

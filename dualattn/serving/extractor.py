@@ -6,8 +6,9 @@ services and notebooks.
     feats = fx(crops)                                # (N, D) float32, L2-normalised
 
 A crop is a uint8 ``(h, w, 3)`` RGB array of any size (OpenCV gives BGR: pass
-``crop[..., ::-1]``), a PIL image (any mode), an image path or an encoded image (bytes);
-``crops`` is one crop, a list of them, or a uint8 ``(N, h, w, 3)`` array. Each is resized to
+``crop[..., ::-1]``), a PIL image (an 8-bit mode: RGB, L, P, RGBA...; 16-bit and float
+images are refused), an image path or an encoded image (bytes); ``crops`` is one crop, a list
+of them, or a uint8 ``(N, h, w, 3)`` array. Each is resized to
 the run's input size the way evaluation resizes (PIL bilinear on uint8) and goes through the
 evaluator's own ``protocol_features``: the configured test feature, the flip average if
 ``eval.flip_test``, L2 normalisation if ``eval.normalize_features``. So ``fx(paths)`` equals
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from configs import saved
-from data_pipeline.input_pipeline import resize_rgb
+from data_pipeline.input_pipeline import EIGHT_BIT_MODES, resize_rgb
 from dualattn.config_check import check_config
 from dualattn.errors import UserError
 from dualattn.evaluation.evaluator import protocol_features
@@ -71,23 +72,29 @@ def buckets(max_batch: int, devices: int) -> tuple[int, ...]:
 
 
 def _as_image(crop: Any, index: int) -> Image.Image:
+    """``crop`` as a PIL image of an 8-bit mode; anything else is refused, naming the crop."""
     if isinstance(crop, Image.Image):
-        return crop
-    if isinstance(crop, (str, os.PathLike, bytes)):
+        image = crop
+    elif isinstance(crop, (str, os.PathLike, bytes)):
         try:
-            with Image.open(io.BytesIO(crop) if isinstance(crop, bytes) else crop) as image:
-                return image.convert("RGB")  # a copy, decoded, that outlives the file
+            with Image.open(io.BytesIO(crop) if isinstance(crop, bytes) else crop) as opened:
+                opened.load()
+                image = opened.copy()  # decoded, and outliving the file
         except (OSError, SyntaxError, ValueError) as e:
             what = "bytes" if isinstance(crop, bytes) else crop
             raise CropError(f"crop {index}: cannot read image {what} ({e})") from None
-    if isinstance(crop, np.ndarray):
+    elif isinstance(crop, np.ndarray):
         if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or 0 in crop.shape:
             raise CropError(f"crop {index}: expected a uint8 (h, w, 3) RGB array, got "
                             f"{crop.dtype} {crop.shape}")
-        return Image.fromarray(crop)
-    raise CropError(f"crop {index}: expected a uint8 (h, w, 3) array, a PIL image, a path or "
-                    "encoded image bytes, "
-                    f"got {type(crop).__name__}")
+        image = Image.fromarray(crop)
+    else:
+        raise CropError(f"crop {index}: expected a uint8 (h, w, 3) array, a PIL image, a path "
+                        f"or encoded image bytes, got {type(crop).__name__}")
+    if image.mode not in EIGHT_BIT_MODES:
+        raise CropError(f"crop {index}: PIL mode {image.mode} is not an 8-bit image; convert it "
+                        "to 8-bit RGB first (a 16-bit crop: scale it by 1/256)")
+    return image
 
 
 def _prepare(crop: Any, index: int, *, height: int, width: int) -> np.ndarray:

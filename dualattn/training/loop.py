@@ -33,6 +33,7 @@ from dualattn.run.checkpoint import Checkpointer
 from dualattn.run.data import Data, load_data
 from dualattn.run.mesh import data_parallel_shardings
 from dualattn.run.model import InferenceModel, create_train_state
+from dualattn.run.record import RunRecordError, check_length, check_settings
 from dualattn.run.workdir import RunDir, atomic_write
 from dualattn.training import preemption
 from dualattn.training.log import MetricsLog, Progress
@@ -95,12 +96,30 @@ class Trainer:
         return InferenceModel(self.step, self.train.model_graphdef, self.state["model"])
 
     def restore(self) -> dict[int, float]:
-        """Continue from the latest checkpoint, if there is one; returns the evaluations
-        logged up to it (step -> mAP). The checkpoint is written before its epoch's
-        evaluation: the log says whether that evaluation finished, and the best mAP so far."""
-        if self.ckpt.latest_step() is None:
+        """Continue from the newest readable latest checkpoint, if there is one, after checking
+        that this dataset and length fit the run (``dualattn.run.record``); returns the
+        evaluations logged up to it (step -> mAP). The checkpoint is written before its
+        epoch's evaluation: the log says whether that evaluation finished, and the best mAP
+        so far. Unreadable newer checkpoints are set aside, saying so."""
+        newest = self.ckpt.latest_step()
+        if newest is None:
             return {}
-        self.state, meta = self.ckpt.restore_latest(self.state)
+        check_length(self.config, newest, self.steps_per_epoch, self.run.path)
+        self.state, meta, damaged = self.ckpt.restore_latest(self.state)
+        for step, reason in damaged:
+            kept = self.ckpt.set_aside(step)
+            if self.main_process:
+                print(f"the checkpoint at step {step} cannot be read ({reason}); set aside as "
+                      f"{kept}; resuming from step {meta['step']}, the newest intact one")
+        trained_on, now = meta.get("dataset"), self.data.source
+        if trained_on and trained_on["digest"] != now["digest"]:
+            why = (f"{trained_on['root']}, not {now['root']}" if trained_on["root"] != now["root"]
+                   else f"{now['root']} before its files changed ({trained_on['files']} files, "
+                        f"{trained_on['bytes']} bytes then; {now['files']} files, "
+                        f"{now['bytes']} bytes now)")
+            raise RunRecordError(
+                f"{self.run.path} was trained on other data: on {why}; resume it on its own "
+                "dataset, or train on this one in a new --workdir")
         self.step = int(meta["step"])
         logged = self.run.logged_evaluations(self.step)
         self.best_map = max([meta["best_mAP"], *logged.values()])
@@ -109,9 +128,14 @@ class Trainer:
                  else "not evaluated yet)"))
         return logged
 
+    def meta(self) -> dict:
+        """What every checkpoint records beside the state: the class count and the dataset's
+        fingerprint (``Data.source``)."""
+        return {"num_classes": self.data.num_classes, "dataset": self.data.source}
+
     def save(self) -> None:
-        self.ckpt.save_latest(self.step, self.state, {
-            "step": self.step, "best_mAP": self.best_map, "num_classes": self.data.num_classes})
+        self.ckpt.save_latest(self.step, self.state,
+                              {"step": self.step, "best_mAP": self.best_map, **self.meta()})
 
     def evaluate(self, log: MetricsLog) -> None:
         """Score the model, log it (with its ranked lists), and keep it as the best checkpoint
@@ -125,7 +149,7 @@ class Trainer:
                 c, self.data, scores, c.eval.ranked_list_queries))
         if scores.mAP > self.best_map:
             self.best_map = scores.mAP
-            self.ckpt.save_best(step, self.state, {**rates, "num_classes": self.data.num_classes})
+            self.ckpt.save_best(step, self.state, {**rates, **self.meta()})
 
     def measure_baselines(self) -> None:
         """The untrained network's and colour histograms' scores, kept in the workdir for the
@@ -222,12 +246,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     only: a multi-process run's report is ``evaluate --report``'s)."""
     run = RunDir(workdir)
     run.prepare(jax.process_index())
-    data = load_data(config)
-    trainer = Trainer(config, run, data)
-    if trainer.main_process:
-        print(start_line(config, data, run, trainer.total_steps), flush=True)
-    scores = trainer.fit()
-    if config.eval.report and jax.process_count() == 1:
-        write_run_report(config, run, run.report(), data, "final", trainer.step, scores,
-                         trainer.model(), loss_terms=tuple(TERMS))
+    # One trainer per workdir (process 0 holds the lock for a multi-process run).
+    with run.exclusive() if jax.process_index() == 0 else contextlib.nullcontext():
+        if run.checkpoint_steps("latest") and run.config.is_file():  # before any data is read
+            changed = check_settings(run.config.read_text(), config, run.path)
+            if changed and jax.process_index() == 0:
+                print("resuming with changed settings: " + ", ".join(
+                    f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+        data = load_data(config)
+        trainer = Trainer(config, run, data)
+        if trainer.main_process:
+            print(start_line(config, data, run, trainer.total_steps), flush=True)
+        scores = trainer.fit()
+        if config.eval.report and jax.process_count() == 1:
+            write_run_report(config, run, run.report(), data, "final", trainer.step, scores,
+                             trainer.model(), loss_terms=tuple(TERMS))
     return scores
