@@ -1,6 +1,6 @@
 """Train steps of the tiny config on every device of every process; process 0 saves the result.
 
-    python -m tests.device_count_worker DATA_ROOT TFDS_DIR OUT.npz STEPS
+    python -m tests.device_count_worker DATA_ROOT TFDS_DIR OUT.npz STEPS [DTYPE]
 
 Run by tests/test_reliability.py with fake CPU devices (XLA_FLAGS) and, for several
 processes, JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. Uses the trainer's
@@ -10,6 +10,7 @@ own pieces: its mesh, its per-process share of every global batch, its jitted st
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
@@ -22,14 +23,24 @@ from dualattn.run.model import create_train_state
 from dualattn.training.step import make_train_step
 
 
-def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
+def main(root: str, tfds_dir: str, out: str, steps: int, dtype: str = "float32") -> None:
     xla_flags.prefer_cpu_flags()  # as the commands do
     initialize_distributed()
     c = tiny.get_config()
     c.dataset.root, c.dataset.data_dir = root, tfds_dir
+    if dtype == "float64":  # the ground truth: every parameter, activation and sum in float64
+        jax.config.update("jax_enable_x64", True)
     data = load_data(c)
     batch_sharding, replicated = data_parallel_shardings()
     train = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
+    if dtype != "float32":  # the same initial weights, computed in ``dtype``
+        c.model.dtype = dtype
+        if dtype == "float64":
+            c.model.param_dtype, c.model.cpu_schedule = "float64", "off"
+        initial = train.state
+        train = create_train_state(c, data.num_classes, data.sampler.steps_per_epoch)
+        train = train._replace(state=jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype),
+                                                  train.state, initial))
     state = jax.device_put(train.state, replicated)
     step_fn = make_train_step(c, train.schedule)
     batches = train_dataset(data.sources["train"], data.sampler, image_size=(64, 32),
@@ -50,4 +61,4 @@ def main(root: str, tfds_dir: str, out: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(*sys.argv[1:4], int(sys.argv[4]), *sys.argv[5:])

@@ -35,8 +35,10 @@ class SqueezeExcitation(nnx.Module):
     def __init__(self, channels: int, reduction: int = 16, *, dtype=jnp.float32,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         hidden = reduced_channels(channels, reduction)
-        self.fc1 = nnx.Linear(channels, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = layers.linear(channels, hidden, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs)
+        self.fc2 = layers.linear(hidden, channels, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         squeezed = jnp.mean(x, axis=(1, 2))  # (B, C)
@@ -94,4 +96,7 @@ class SpatialSelfAttention(nnx.Module):
         b, h, w, c = v.shape
         o = jnp.einsum("bij,bjc->bic", attn.astype(v.dtype), v.reshape(b, h * w, c))
         o = o.reshape(b, h, w, c)
-        return (self.alpha[...].astype(x.dtype) * o + x).astype(x.dtype)
+        # The gate's gradient is one sum over the whole batch's map: in at least f32, so that
+        # its cross-device sum is f32 too (``dualattn.models.mixed_precision``).
+        wide = jnp.promote_types(o.dtype, self.alpha.dtype)
+        return (self.alpha[...] * o.astype(wide)).astype(x.dtype) + x

@@ -29,6 +29,7 @@ class Bottleneck(nnx.Module):
                  se_reduction: int, dtype, param_dtype,
                  conv_general_dilated=jax.lax.conv_general_dilated, rngs: nnx.Rngs):
         out_channels = width * EXPANSION
+        self.dtype = dtype
 
         def conv(cin, cout, k, s=1, pad=0):
             return layers.conv(cin, cout, k, s, pad, dtype=dtype, param_dtype=param_dtype,
@@ -58,7 +59,8 @@ class Bottleneck(nnx.Module):
         shortcut = x
         if self.downsample_conv is not None:
             shortcut = self.downsample_bn(self.downsample_conv(x), use_running_average=ura)
-        return jax.nn.relu(y + shortcut)
+        # BatchNorm returns f32 (layers.batch_norm): the block's output is the compute dtype.
+        return jax.nn.relu(y + shortcut).astype(self.dtype)
 
 
 class ResNet(nnx.Module):
@@ -102,6 +104,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        x = x.astype(self.dtype)  # BatchNorm returns f32 (layers.batch_norm)
         x = layers.max_pool(x, 3, 2, 1)
         for stage in self.stages():
             for block in stage:

@@ -25,6 +25,11 @@ import jax.numpy as jnp
 
 from dualattn.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 
+# Every draw names its dtype, so that a run under ``jax_enable_x64`` (a float64 reference of
+# the train step) augments exactly as the float32 run: default-typed draws would be 64-bit
+# there, and other random numbers.
+F32 = jnp.float32
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -70,9 +75,9 @@ def erase_boxes(rng: jax.Array, batch: int, h: int, w: int, cfg: AugmentConfig) 
     """
     k_apply, k_area, k_aspect, k_y, k_x = jax.random.split(rng, 5)
     n = cfg.erase_attempts
-    area = h * w * jax.random.uniform(k_area, (batch, n), minval=cfg.erase_area[0],
+    area = h * w * jax.random.uniform(k_area, (batch, n), F32, minval=cfg.erase_area[0],
                                       maxval=cfg.erase_area[1])
-    aspect = jax.random.uniform(k_aspect, (batch, n), minval=cfg.erase_aspect[0],
+    aspect = jax.random.uniform(k_aspect, (batch, n), F32, minval=cfg.erase_aspect[0],
                                 maxval=cfg.erase_aspect[1])
     eh = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
     ew = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
@@ -80,9 +85,9 @@ def erase_boxes(rng: jax.Array, batch: int, h: int, w: int, cfg: AugmentConfig) 
     first = jnp.argmax(fits, axis=1)
     pick = lambda a: jnp.take_along_axis(a, first[:, None], axis=1)[:, 0]  # noqa: E731
     eh, ew = pick(eh), pick(ew)
-    apply = (jax.random.uniform(k_apply, (batch,)) < cfg.erase_prob) & jnp.any(fits, axis=1)
-    y0 = jnp.floor(jax.random.uniform(k_y, (batch,)) * (h - eh + 1)).astype(jnp.int32)
-    x0 = jnp.floor(jax.random.uniform(k_x, (batch,)) * (w - ew + 1)).astype(jnp.int32)
+    apply = (jax.random.uniform(k_apply, (batch,), F32) < cfg.erase_prob) & jnp.any(fits, axis=1)
+    y0 = jnp.floor(jax.random.uniform(k_y, (batch,), F32) * (h - eh + 1)).astype(jnp.int32)
+    x0 = jnp.floor(jax.random.uniform(k_x, (batch,), F32) * (w - ew + 1)).astype(jnp.int32)
     return jnp.stack([y0, x0, jnp.where(apply, eh, 0), ew], axis=1)
 
 
@@ -92,12 +97,13 @@ def augment(rng: jax.Array, images: jax.Array, cfg: AugmentConfig = AugmentConfi
     k_flip, k_shift, k_angle, k_erase = jax.random.split(rng, 4)
     x = images.astype(jnp.float32)
     if cfg.flip:
-        flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+        flip = jax.random.bernoulli(k_flip, F32(0.5), (b,))
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
     if cfg.translate or cfg.rotate_degrees:
-        shift = jax.random.randint(k_shift, (b, 2), -cfg.translate, cfg.translate + 1)
+        shift = jax.random.randint(k_shift, (b, 2), -cfg.translate, cfg.translate + 1,
+                                   jnp.int32)
         max_angle = math.radians(cfg.rotate_degrees)
-        angle = jax.random.uniform(k_angle, (b,), minval=-max_angle, maxval=max_angle)
+        angle = jax.random.uniform(k_angle, (b,), F32, minval=-max_angle, maxval=max_angle)
         x = jax.vmap(_warp)(x, angle, shift.astype(jnp.float32))
     x = normalize(x, cfg.mean, cfg.std)
     if cfg.erase_prob > 0:

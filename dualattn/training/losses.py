@@ -43,7 +43,9 @@ def pairwise_euclidean(x: jax.Array) -> jax.Array:
     """
     x = _at_least_f32(x)
     sq = jnp.sum(x * x, axis=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    # At full precision: the expansion cancels, and TPUs multiply f32 at bf16 by default.
+    dot = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * dot
     return jnp.sqrt(jnp.maximum(d2, MIN_SQUARED_DISTANCE))
 
 
