@@ -46,6 +46,10 @@ import time
 from pathlib import Path
 
 MARKET_TRAIN_IMAGES = 12936
+# What the XLA:GPU compiler predicts for our train step at the market settings on one H100
+# (``python -m dualattn.plan``, no device: BENCHMARKS.md, "What the GPU and TPU compilers
+# say"), printed beside what the GPU measures. An H200 is the same chip with more memory.
+COMPILED = Path(__file__).with_name("compiled_market.json")
 
 # Dense bf16 tensor-core peaks (FLOP/s), by device name; the first match counts.
 BF16_PEAK = (("H200", 989.4e12), ("H100 PCIe", 756.0e12), ("H100 NVL", 835.0e12),
@@ -241,11 +245,23 @@ def bf16_peak(device: str) -> float | None:
     return next((peak for name, peak in BF16_PEAK if name in device), None)
 
 
+def compiled_predictions(path: Path | None = None) -> dict:
+    """``(dtype, global batch) -> plan`` of the one-GPU H100 plans in ``path``
+    (``COMPILED``)."""
+    path = path or COMPILED
+    if not path.exists():
+        return {}
+    plans = json.loads(path.read_text())["plans"]
+    return {(p["dtype"], p["batch"]): p for p in plans
+            if p["target"] == "h100" and p["devices"] == 1}
+
+
 def train_rows(results: list[dict]) -> tuple[list[dict], float | None]:
     """Train-step rows with images/s, peak MiB and MFU; FLOPs per image from our bf16 count."""
     counted = [r["result"] for r in results if r["kind"] == "train" and r.get("result", {})
                .get("flops_per_step")]
     per_image = (counted[0]["flops_per_step"] / counted[0]["batch"]) if counted else None
+    compiled = compiled_predictions()
     rows = []
     for r in results:
         if r["kind"] != "train" or "result" not in r:
@@ -253,9 +269,13 @@ def train_rows(results: list[dict]) -> tuple[list[dict], float | None]:
         x = r["result"]
         ips = x["batch"] * x["steps"] / x["seconds"]
         peak = bf16_peak(x["device"])
+        dtype = "bfloat16" if x["precision"] == "bf16 compute" else "float32"
+        plan = compiled.get((dtype, x["batch"])) if x["framework"].startswith("JAX") else None
         rows.append({"name": r["name"], "framework": x["framework"], "device": x["device"],
                      "precision": x["precision"], "batch": x["batch"], "images_per_s": ips,
                      "peak_mib": x["peak_bytes"] / 2**20 if x["peak_bytes"] else None,
+                     "compiled_peak_mib": plan and plan["train_step"]["peak_bytes"] / 2**20,
+                     "bound_images_per_s": plan and plan["images_per_s_bound"],
                      "mfu": per_image * ips / peak if (per_image and peak) else None,
                      "market_epoch_s": MARKET_TRAIN_IMAGES / ips})
     return rows, per_image
@@ -271,18 +291,27 @@ def markdown(report: dict) -> str:
            f"{report['seconds']:.0f} s in all.", ""]
     rows, per_image = report["train"], report["flops_per_image"]
     if rows:
-        out += ["| train step | framework | precision | batch | images/s | peak MiB | MFU "
-                "| Market epoch |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        out += ["| train step | framework | precision | batch | images/s | compiled bound "
+                "| peak MiB | compiled peak MiB | MFU | Market epoch |",
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+        def number(value, digits=0):
+            return "-" if value is None else f"{value:,.{digits}f}"
+
         for r in rows:
             mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "-"
-            mib = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
             out.append(f"| {r['name']} | {r['framework']} | {r['precision']} | {r['batch']} | "
-                       f"{r['images_per_s']:.0f} | {mib} | {mfu} | {r['market_epoch_s']:.0f} s |")
+                       f"{r['images_per_s']:.0f} | {number(r.get('bound_images_per_s'))} | "
+                       f"{number(r['peak_mib'])} | {number(r.get('compiled_peak_mib'))} | "
+                       f"{mfu} | {r['market_epoch_s']:.0f} s |")
         out += ["", "MFU: " + (f"{per_image / 1e9:.1f} GFLOP per image (XLA's cost analysis "
                                "of our bf16 step: forward, backward, Adam) x images/s / the "
                                "GPU's dense bf16 peak" if per_image else "no FLOP count")
                 + f"; Market epoch: {MARKET_TRAIN_IMAGES} images / images/s, data loading not "
-                "included.", ""]
+                "included. Compiled: the XLA:GPU compiler's figures for one H100 without a "
+                f"device ({COMPILED.name}, `python -m dualattn.plan`): peak memory (not "
+                "autotuned, so a lower bound) and images/s at 100 % of the peak FLOP/s (a "
+                "bound).", ""]
     for s in report["sections"]:
         if s["kind"] == "eval" and "result" in s:
             x = s["result"]

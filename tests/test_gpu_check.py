@@ -6,6 +6,7 @@ import json
 import jax
 import pytest
 
+from benchmarks import gpu_check
 from tests.helpers import assert_one_error_line, run_command
 
 
@@ -33,7 +34,8 @@ def test_dry_run_runs_every_section_and_writes_the_reports(tmp_path):
     evaluation = sections["evaluation and re-ranking"]["result"]
     assert evaluation["size"] == "small" and 0 < evaluation["mAP"] <= 1
     markdown = (tmp_path / "gpu_check.md").read_text()
-    assert "| train step | framework | precision | batch | images/s | peak MiB | MFU" in markdown
+    assert ("| train step | framework | precision | batch | images/s | compiled bound | peak MiB "
+            "| compiled peak MiB | MFU" in markdown)
     assert "Evaluation at small size" in markdown
     log = (tmp_path / "gpu_check.log").read_text()
     assert log.count("\n=== ") == 6
@@ -44,3 +46,19 @@ def test_without_a_gpu_it_says_to_use_the_dry_run(tmp_path):
         pytest.skip("a GPU is here")
     assert_one_error_line(run_command("benchmarks.gpu_check", "--out", str(tmp_path)),
                           "use --dry-run")
+
+
+def test_the_compiled_prediction_stands_beside_what_is_measured(tmp_path, monkeypatch):
+    plan = {"target": "h100", "devices": 1, "dtype": "bfloat16", "batch": 32,
+            "train_step": {"peak_bytes": 3 * 2**30}, "images_per_s_bound": 21798.0}
+    path = tmp_path / "compiled.json"
+    path.write_text(json.dumps({"plans": [plan, {**plan, "devices": 8}]}))
+    monkeypatch.setattr(gpu_check, "COMPILED", path)
+    measured = {"framework": "JAX 0.10.2", "device": "NVIDIA H100 80GB HBM3",
+                "precision": "bf16 compute", "batch": 32, "steps": 10, "seconds": 1.0,
+                "peak_bytes": 4 * 2**30, "flops_per_step": 32 * 45e9}
+    twin = {**measured, "framework": "PyTorch 2.13.0", "precision": "AMP bf16"}
+    rows, _ = gpu_check.train_rows([{"name": "ours", "kind": "train", "result": measured},
+                                    {"name": "twin", "kind": "train", "result": twin}])
+    assert rows[0]["compiled_peak_mib"] == 3072 and rows[0]["bound_images_per_s"] == 21798.0
+    assert rows[1]["compiled_peak_mib"] is None  # only our step was compiled
