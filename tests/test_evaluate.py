@@ -59,6 +59,8 @@ def test_later_commands_need_only_the_workdir(trained_run, tmp_path):
     final = [r for r in read_rows(run) if "mAP" in r][-1]
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("final ")]
     assert line.split()[1] == str(final["step"]) and f"{100 * final['mAP']:.2f}%" in line
+    # Verification rates too, as logged at each evaluation.
+    assert line.split()[-1] == f"{100 * final['tpr@fpr1e-02']:.2f}%"
     proc = run_command("dualattn.evaluate", "--workdir", str(run), "--checkpoint=best")
     assert proc.returncode == 0 and "best (test-selected)" in proc.stdout, proc.stderr[-2000:]
     proc = run_command("dualattn.evaluate", "--workdir", str(run), "--config.model.use_sa=False")
@@ -79,6 +81,7 @@ def test_evaluate_variants_table(trained_run):
     assert len({round(s.mAP, 6) for _, s in rows}) > 1
     table = format_table([(f"best: {n}", model.step, s) for n, s in rows])
     assert "best: before +flip +rerank" in table
+    assert table.splitlines()[0].split()[-3:] == ["TPR@1e-04", "TPR@1e-03", "TPR@1e-02"]
 
 
 def test_evaluate_refuses_a_workdir_without_checkpoints(tmp_path):

@@ -11,6 +11,7 @@ keeps it in the ``Scores`` it returns, for the figures and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -24,6 +25,7 @@ from data_pipeline.input_pipeline import eval_dataset
 from dualattn.evaluation.metrics import compute_distance_matrix, evaluate_rank, l2_normalize
 from dualattn.evaluation.rerank import re_ranking_features
 from dualattn.evaluation.scores import Scores
+from dualattn.evaluation.verification import tpr_at_fpr
 from dualattn.models.preprocess import normalize
 from dualattn.run.data import Data
 from dualattn.run.mesh import data_parallel_shardings
@@ -105,11 +107,14 @@ class ReIDEvaluator:
 
     def score(self, features: Features, *, rerank: bool | None = None,
               metric: str | None = None) -> Scores:
-        """The protocol's scores of ``features``, from one distance matrix."""
+        """The protocol's scores of ``features``, CMC, mAP, mINP and TPR@FPR, from one distance
+        matrix."""
         (q_pids, q_cams), (g_pids, g_cams) = self.data.ids["query"], self.data.ids["gallery"]
         dist = self.distances(features, rerank=rerank, metric=metric)
-        return evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams,
-                             max_rank=self.config.eval.max_rank)
+        scores = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams,
+                               max_rank=self.config.eval.max_rank)
+        return dataclasses.replace(scores, tpr_at_fpr=tpr_at_fpr(dist, q_pids, g_pids, q_cams,
+                                                                 g_cams))
 
     def __call__(self, model) -> Scores:
         """``model``'s scores with the config's test-time options."""

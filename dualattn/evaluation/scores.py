@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from dualattn.evaluation.verification import rate_name
+
 # The rates of a result (fractions), in the order they are printed and logged; its counts are
 # "valid_queries" of "queries".
 RATES = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -32,6 +34,8 @@ class Scores:
     first_rank: np.ndarray
     valid: np.ndarray
     distances: np.ndarray
+    # {fpr: TPR@FPR} over the same pairs (dualattn.evaluation.verification), where computed.
+    tpr_at_fpr: dict = dataclasses.field(default_factory=dict)
 
     @property
     def mAP(self) -> float:  # noqa: N802 - the name every ReID paper uses
@@ -56,8 +60,9 @@ class Scores:
     def rates(self) -> dict:
         """The rates of ``RATES`` (fractions) and the query counts: a logged row's values."""
         return {"rank1": self.rank(1), "rank5": self.rank(5), "rank10": self.rank(10),
-                "mAP": self.mAP, "mINP": self.mINP, "valid_queries": self.valid_queries,
-                "queries": self.queries}
+                "mAP": self.mAP, "mINP": self.mINP,
+                **{rate_name(f): v for f, v in self.tpr_at_fpr.items()},
+                "valid_queries": self.valid_queries, "queries": self.queries}
 
     def coverage(self) -> str:
         """A query whose identity has no image in the gallery from another camera has no valid
@@ -67,18 +72,25 @@ class Scores:
     def describe(self) -> str:
         """One line: the rates in percent, then how many queries they cover."""
         rates = self.rates()
-        return "  ".join(f"{k} {100 * rates[k]:.2f}%" for k in RATES) + f"  ({self.coverage()})"
+        verification = "".join(f"  TPR@FPR={f:.0e} {100 * v:.2f}%"
+                               for f, v in self.tpr_at_fpr.items())
+        return ("  ".join(f"{k} {100 * rates[k]:.2f}%" for k in RATES) + verification
+                + f"  ({self.coverage()})")
 
 
 def format_table(rows: list[tuple[str, int, Scores]]) -> str:
     """The rows' rates side by side (name, training step, scores), and how many queries they
     cover (the same test split for every row)."""
     width = max(12, *(len(name) + 2 for name, _, _ in rows))
-    head = f"{'checkpoint':<{width}}{'step':>8}" + "".join(f"{k:>9}" for k in RATES)
+    fprs = list(rows[0][2].tpr_at_fpr)  # the same for every row
+    head = (f"{'checkpoint':<{width}}{'step':>8}" + "".join(f"{k:>9}" for k in RATES)
+            + "".join(f"{f'TPR@{f:.0e}':>12}" for f in fprs))
     lines = [head, "-" * len(head)]
     for name, step, scores in rows:
         rates = scores.rates()
         lines.append(f"{name:<{width}}{step:>8}"
-                     + "".join(f"{100 * rates[k]:>8.2f}%" for k in RATES))
+                     + "".join(f"{100 * rates[k]:>8.2f}%" for k in RATES)
+                     + "".join(f"{100 * scores.tpr_at_fpr.get(f, np.nan):>11.2f}%"
+                               for f in fprs))
     lines.append(rows[0][2].coverage())
     return "\n".join(lines)
