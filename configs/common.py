@@ -87,12 +87,20 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.normalize_features = True
     c.eval.metric = "euclidean"  # euclidean | cosine | sqeuclidean
     # Test-time options (all off in the paper's protocol): the mean feature of each image and
-    # its mirror; k-reciprocal re-ranking (Zhong et al. 2017) with its published defaults.
+    # its mirror; k-reciprocal re-ranking (Zhong et al. 2017) with its published defaults;
+    # average query expansion.
     c.eval.flip_test = False
     c.eval.rerank = False
     c.eval.rerank_k1 = 20
     c.eval.rerank_k2 = 6
     c.eval.rerank_lambda = 0.3
+    # Average query expansion (alpha-QE, dualattn.evaluation.query_expansion) with fast-reid's
+    # defaults: each feature becomes the mean of its aqe_k nearest, weighted by similarity to
+    # the power aqe_alpha, aqe_times rounds; before re-ranking when both are on.
+    c.eval.aqe = False
+    c.eval.aqe_k = 5
+    c.eval.aqe_alpha = 3.0
+    c.eval.aqe_times = 1
     c.eval.max_rank = 50
     # Queries drawn with their top-10 gallery images in TensorBoard at each evaluation (0: none).
     c.eval.ranked_list_queries = 6

@@ -49,6 +49,8 @@ RANGES = {
     "eval.every_epochs": (1, math.inf, True), "eval.max_rank": (1, math.inf, True),
     "eval.rerank_k1": (1, math.inf, True), "eval.rerank_k2": (1, math.inf, True),
     "eval.rerank_lambda": (0, 1, True), "eval.ranked_list_queries": (0, math.inf, True),
+    "eval.aqe_k": (1, math.inf, True), "eval.aqe_times": (1, math.inf, True),
+    "eval.aqe_alpha": (0, math.inf, True),
     "log_every_steps": (1, math.inf, True), "checkpoint_every_epochs": (1, math.inf, True),
 }
 

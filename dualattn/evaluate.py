@@ -6,9 +6,10 @@ test set, so labelled as such), or ``--checkpoint=untrained`` for the network as
 starts it (a baseline); extracts query and gallery features and prints Rank-1/5/10, mAP and
 mINP as a table. The config is the one the run saved (``W/config.json``) unless ``--config``
 is given; ``--config.KEY=VALUE`` overrides apply on top of either. Test-time options come from
-the config (``--config.eval.flip_test``, ``--config.eval.rerank``, ``--config.eval.metric``,
-``--config.model.test_feature``); ``--variants`` scores every combination of feature (after or
-before the BNNeck), flip averaging and re-ranking in one run, one row each.
+the config (``--config.eval.flip_test``, ``--config.eval.rerank``, ``--config.eval.aqe``,
+``--config.eval.metric``, ``--config.model.test_feature``); ``--variants`` scores every
+combination of feature (after or before the BNNeck), flip averaging, average query expansion
+and re-ranking in one run, one row each.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def define_flags() -> None:
                       "best test mAP (model selection on the test set: label it so when you "
                       "report it); or the network as training starts it.")
     flags.DEFINE_bool("variants", False, "Score feature (after/before BNNeck) x flip x "
-                      "re-ranking, one row each.")
+                      "average query expansion x re-ranking, one row each.")
     flags.DEFINE_integer("visualize", 0, "Write ranked_lists.png: this many queries with their "
                          "top-10 gallery images (green: same identity, red: not).")
     flags.DEFINE_integer("attention", 0, "Write attention.png: self-attention heatmaps over "

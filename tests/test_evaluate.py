@@ -73,8 +73,9 @@ def test_evaluate_variants_table(trained_run):
     evaluator = ReIDEvaluator(c, load_data(c))
     rows = evaluator.variants(model)
     names = [name for name, _ in rows]
-    assert names == ["after", "after +rerank", "after +flip", "after +flip +rerank", "before",
-                     "before +rerank", "before +flip", "before +flip +rerank"]
+    assert names == [f"{feature}{flip}{aqe}{rerank}" for feature in ("after", "before")
+                     for flip in ("", " +flip") for aqe in ("", " +aqe")
+                     for rerank in ("", " +rerank")]
     _, default = evaluate_run(c, run, "best")
     assert dict(rows)["after"].rates() == pytest.approx(default.rates(), abs=1e-6)
     assert c.eval.flip_test is False  # the caller's config is untouched

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from data_pipeline.input_pipeline import eval_dataset
 from dualattn.evaluation.metrics import compute_distance_matrix, evaluate_rank, l2_normalize
+from dualattn.evaluation.query_expansion import average_query_expansion
 from dualattn.evaluation.rerank import re_ranking_features
 from dualattn.evaluation.scores import Scores
 from dualattn.evaluation.verification import tpr_at_fpr
@@ -95,22 +96,26 @@ class ReIDEvaluator:
                      for split in ("query", "gallery"))
 
     def distances(self, features: Features, *, rerank: bool | None = None,
-                  metric: str | None = None) -> np.ndarray:
+                  metric: str | None = None, aqe: bool | None = None) -> np.ndarray:
         """Query x gallery distances: ``eval.metric`` (or ``metric``), or k-reciprocal
         re-ranked (Euclidean, by the method's definition) if ``eval.rerank`` (or
-        ``rerank``)."""
+        ``rerank``); of the features after average query expansion first if ``eval.aqe`` (or
+        ``aqe``)."""
         e = self.config.eval
         q, g = features
+        if e.aqe if aqe is None else aqe:
+            q, g = average_query_expansion(q, g, k=e.aqe_k, alpha=e.aqe_alpha,
+                                           times=e.aqe_times)
         if e.rerank if rerank is None else rerank:
             return re_ranking_features(q, g, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
         return compute_distance_matrix(q, g, metric or e.metric)
 
     def score(self, features: Features, *, rerank: bool | None = None,
-              metric: str | None = None) -> Scores:
+              metric: str | None = None, aqe: bool | None = None) -> Scores:
         """The protocol's scores of ``features``, CMC, mAP, mINP and TPR@FPR, from one distance
         matrix."""
         (q_pids, q_cams), (g_pids, g_cams) = self.data.ids["query"], self.data.ids["gallery"]
-        dist = self.distances(features, rerank=rerank, metric=metric)
+        dist = self.distances(features, rerank=rerank, metric=metric, aqe=aqe)
         scores = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams,
                                max_rank=self.config.eval.max_rank)
         return dataclasses.replace(scores, tpr_at_fpr=tpr_at_fpr(dist, q_pids, g_pids, q_cams,
@@ -122,11 +127,13 @@ class ReIDEvaluator:
 
     def variants(self, model) -> list[tuple[str, Scores]]:
         """``[(name, scores), ...]`` over feature (after/before the BNNeck) x flip x
-        re-ranking; features are extracted once per (feature, flip)."""
+        average query expansion x re-ranking; features are extracted once per (feature,
+        flip)."""
         rows = []
         for feature, flip in itertools.product(("after", "before"), (False, True)):
             features = self.features(model, feature=feature, flip=flip)
-            for rerank in (False, True):
-                name = f"{feature}{' +flip' if flip else ''}{' +rerank' if rerank else ''}"
-                rows.append((name, self.score(features, rerank=rerank)))
+            for aqe, rerank in itertools.product((False, True), (False, True)):
+                name = (f"{feature}{' +flip' if flip else ''}{' +aqe' if aqe else ''}"
+                        f"{' +rerank' if rerank else ''}")
+                rows.append((name, self.score(features, rerank=rerank, aqe=aqe)))
         return rows
