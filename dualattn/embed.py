@@ -2,14 +2,17 @@
 
     python -m dualattn.embed --workdir W --images DIR --out feats.npz
     python -m dualattn.embed --workdir W --query IMG --gallery DIR [--top 10]
+    python -m dualattn.embed --workdir W --query IMG --gallery feats.npz [--search faiss]
 
 The first writes the test feature of every image under ``DIR`` (recursively; .jpg, .jpeg,
 .png, .bmp; sorted by path) to an ``.npz`` with ``features`` (float32, N x D) and ``paths``
 (relative to ``DIR``, same order). The second prints the ``--top`` gallery images closest to
-the query. Features come from ``dualattn.FeatureExtractor``: the preprocessing, test feature,
-flip option and normalisation of evaluation, batched over this process's devices, using the
-run's final checkpoint unless ``--checkpoint=best``, and the config the run saved unless
-``--config``.
+the query; the third searches a gallery embedded once by the first, of any size
+(``dualattn.serving.search.top_k``: the gallery streams through the device, and the query x
+gallery distances are never held whole). Features come from ``dualattn.FeatureExtractor``:
+the preprocessing, test feature, flip option and normalisation of evaluation, batched over
+this process's devices, using the run's final checkpoint unless ``--checkpoint=best``, and the
+config the run saved unless ``--config``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from data_pipeline.datasets.layouts import listing, unreadable_images
 from data_pipeline.input_pipeline import EIGHT_BIT_MODES
 from dualattn import cli
 from dualattn.errors import UserError
-from dualattn.evaluation.metrics import compute_distance_matrix
 from dualattn.run.workdir import atomic_output, check_output_file
 from dualattn.serving.extractor import FeatureExtractor
+from dualattn.serving.search import BACKENDS, top_k
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -48,12 +51,18 @@ def list_images(folder: Path) -> list[Path]:
     return paths
 
 
-def nearest(config, query: np.ndarray, gallery: np.ndarray, top: int) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
-    """Indices and distances of the ``top`` gallery features closest to each query feature."""
-    dist = np.asarray(compute_distance_matrix(query, gallery, config.eval.metric))
-    order = np.argsort(dist, axis=1, kind="stable")[:, :top]
-    return order, np.take_along_axis(dist, order, axis=1)
+def load_features(path: Path) -> tuple[np.ndarray, list[str]]:
+    """The ``features`` and ``paths`` of an ``.npz`` this command wrote with ``--out``."""
+    try:
+        with np.load(path) as saved:
+            features, paths = saved["features"], [str(p) for p in saved["paths"]]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise EmbedError(f"--gallery {path} is not a features file written by 'dualattn.embed "
+                         f"--images DIR --out FILE' ({e}); write it again") from None
+    if features.ndim != 2 or len(paths) != len(features):
+        raise EmbedError(f"--gallery {path}: {features.shape} features for {len(paths)} paths; "
+                         "write it again with --images DIR --out FILE")
+    return features, paths
 
 
 FLAGS = flags.FLAGS
@@ -67,8 +76,13 @@ def define_flags() -> None:
     flags.DEFINE_string("images", None, "Folder of images to embed (with --out).")
     flags.DEFINE_string("out", None, "The .npz file to write (features, paths).")
     flags.DEFINE_string("query", None, "One query image (with --gallery).")
-    flags.DEFINE_string("gallery", None, "Folder of gallery images to search.")
+    flags.DEFINE_string("gallery", None, "Folder of gallery images to search, or the .npz of "
+                        "their features (--images DIR --out FILE): embedded once, searched "
+                        "at any size.")
     flags.DEFINE_integer("top", 10, "How many gallery images to print.")
+    flags.DEFINE_enum("search", "exact", list(BACKENDS), "exact: streamed through the device "
+                      "(dualattn.serving.search); faiss: its exact flat index (the [search] "
+                      "extra).")
 
 
 def main(argv):
@@ -83,9 +97,19 @@ def main(argv):
         query = Path(FLAGS.query)
         if query.suffix.lower() not in IMAGE_SUFFIXES or not query.is_file():
             raise EmbedError(f"--query {query} is not an image file")
-        gallery = list_images(Path(FLAGS.gallery))
+        if Path(FLAGS.gallery).suffix == ".npz":
+            features, gallery = load_features(Path(FLAGS.gallery))
+        else:
+            gallery, features = list_images(Path(FLAGS.gallery)), None
         extract = FeatureExtractor(FLAGS.workdir, config=config, checkpoint=FLAGS.checkpoint)
-        idx, dist = nearest(config, extract([query]), extract(gallery), FLAGS.top)
+        if features is None:
+            features = extract(gallery)
+        elif features.shape[1] != extract.dim:
+            raise EmbedError(f"--gallery {FLAGS.gallery} holds {features.shape[1]}-D features, "
+                             f"this run's are {extract.dim}-D: embed the gallery with "
+                             "this run")
+        idx, dist = top_k(extract([query]), features, FLAGS.top, metric=config.eval.metric,
+                          backend=FLAGS.search)
         print(f"the {len(idx[0])} gallery images closest to {query} "
               f"({config.eval.metric} distance):")
         for rank, (i, d) in enumerate(zip(idx[0], dist[0], strict=True), 1):

@@ -46,6 +46,18 @@ def test_embed_a_folder_matches_evaluation_features(trained_run, data_paths, tmp
     lines = proc.stdout.strip().splitlines()[-3:]
     assert lines[0].split()[0] == "1" and lines[0].endswith(str(paths[0]))  # itself first
     assert float(lines[0].split()[1]) == pytest.approx(0, abs=1e-3)
+    # The gallery embedded once: the same neighbours from its features file, either backend.
+    for backend in ("exact", "faiss"):
+        proc = run_command("dualattn.embed", *base, "--query", str(paths[0]), "--gallery",
+                           str(out), "--top", "3", "--search", backend)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = proc.stdout.strip().splitlines()[-3:]
+        assert [line.split()[-1] for line in found] == [
+            str(Path(line.split()[-1]).relative_to(folder)) for line in lines]
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert_one_error_line(run_command("dualattn.embed", *base, "--query", str(paths[0]),
+                                      "--gallery", str(tmp_path / "bad.npz")),
+                          "is not a features file written by")
 
 
 def test_embed_refuses_undecodable_images_naming_them(tmp_path):

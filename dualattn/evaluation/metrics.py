@@ -196,12 +196,14 @@ def compute_distance_matrix(query_features, gallery_features, metric: str = "euc
     out = np.empty((qf.shape[0], gf.shape[0]), np.float32)
     for start in range(0, qf.shape[0], chunk_size):
         out[start:start + chunk_size] = np.asarray(
-            _distance_chunk(jnp.asarray(qf[start:start + chunk_size]), gf, metric))
+            pairwise_distances(jnp.asarray(qf[start:start + chunk_size]), gf, metric))
     return out
 
 
 @functools.partial(jax.jit, static_argnames="metric")
-def _distance_chunk(q: jax.Array, g: jax.Array, metric: str) -> jax.Array:
+def pairwise_distances(q: jax.Array, g: jax.Array, metric: str) -> jax.Array:
+    """``metric``'s (Q, G) distances between two sets of features, on the device: the kernel of
+    ``compute_distance_matrix`` and ``dualattn.serving.search.top_k``."""
     hi = jax.lax.Precision.HIGHEST
     if metric == "cosine":
         q, g = l2_normalize(q), l2_normalize(g)
