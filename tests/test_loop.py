@@ -62,14 +62,17 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
     assert distance_calls == {"metric": 3, "rerank": 0}
     for key in ("step", "rank1", "rank5", "rank10", "mAP", "mINP"):
         assert key in eval_rows[-1]
-    for key in ("loss", *TERMS, "lr", "images_per_s"):
+    for key in ("loss", *TERMS, "lr", "images_per_s", "alpha"):
         assert key in train_rows[-1]
+    assert train_rows[0]["alpha"] != 0  # the gate starts at 0 and moves with the first step
     event_accumulator = pytest.importorskip(
         "tensorboard.backend.event_processing.event_accumulator")
     acc = event_accumulator.EventAccumulator(str(straight / "tensorboard"),
                                              size_guidance={"images": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/mAP")] == [r["step"] for r in eval_rows]
+    assert [e.value for e in acc.Scalars("train/alpha")] == pytest.approx(
+        [r["alpha"] for r in train_rows], abs=1e-6)
     ranked = acc.Images("eval/ranked_lists")  # one ranked-list figure per evaluation
     assert [e.step for e in ranked] == [r["step"] for r in eval_rows]
     c = config(3)

@@ -12,8 +12,8 @@ from dualattn.evaluation.figures import WHITE
 from dualattn.evaluation.report import line_chart
 from tests.helpers import run_command
 
-PANELS = ("Training loss", "Learning rate", "Test scores at each evaluation", "CMC curve",
-          "Ranked lists", "Self-attention")
+PANELS = ("Training loss", "Learning rate", "Self-attention gate",
+          "Test scores at each evaluation", "CMC curve", "Ranked lists", "Self-attention")
 
 
 def figures(page: str) -> dict[str, Image.Image]:

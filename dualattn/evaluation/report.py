@@ -91,6 +91,10 @@ def training_charts(rows: list[dict], loss_terms=()) -> list[tuple[str, Image.Im
              for k in ("loss", *loss_terms) if k in train[0]}, "loss", "step")))
         charts.append(("Learning rate", line_chart(
             {"lr": (steps, np.array([r["lr"] for r in train]))}, "learning rate", "step")))
+        if "alpha" in train[0]:
+            charts.append(("Self-attention gate", line_chart(
+                {"alpha": (steps, np.array([r["alpha"] for r in train]))},
+                "gate alpha (weight of the attention's output in alpha * o + x)", "step")))
     if evals:
         steps = np.array([r["step"] for r in evals])
         charts.append(("Test scores at each evaluation", line_chart(

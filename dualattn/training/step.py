@@ -27,7 +27,9 @@ def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
 
 def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedule):
     """One optimizer step on a global batch; returns the new state (its named parts) and the
-    scalars: the loss, each of its terms, the training accuracy and the learning rate."""
+    scalars: the loss, each of its terms, the training accuracy, the learning rate and, with
+    self-attention, its gate ``alpha`` (the weight of the module's output in ``alpha * o + x``,
+    which starts at 0: logged so that whether the module is used at all is in view)."""
     parts = nnx.merge(graphdef, state)
     model, optimizer = parts["model"], parts["optimizer"]
     x = augment(rng, images, aug_cfg)
@@ -42,6 +44,8 @@ def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedul
     optimizer.update(model, grads)
     metrics = {"loss": total, **terms,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels), "lr": schedule(step)}
+    if model.attention is not None:  # the self-attention gate, after this step's update
+        metrics["alpha"] = model.attention.alpha[...]
     return nnx.state(parts), metrics
 
 
