@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = True
-    c.augment.translate = 10
+    c.augment.translate = 10  # pixels, black fill: BoT's pad-10-and-random-crop
     c.augment.rotate_degrees = 10.0
     c.augment.erase_prob = 0.5
 

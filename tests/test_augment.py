@@ -39,6 +39,8 @@ def test_flip_gives_the_image_or_its_mirror_and_both_occur():
 
 
 def test_translation_is_an_exact_integer_shift_with_zero_fill():
+    """So the translation is BoT's pad-10-and-random-crop: each output is a crop of the image
+    padded with 10 black pixels."""
     x = images(b=6)
     cfg = dataclasses.replace(OFF, translate=10)
     out = np.asarray(augment(jax.random.key(3), x, cfg))
