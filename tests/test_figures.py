@@ -21,7 +21,7 @@ def test_ranked_list_and_attention_figures(trained_run):
     scores = ReIDEvaluator(c, data)(model)
     fig = figures.ranked_lists(c, data, scores, 3)
     cell_w, cell_h = (w + 2 * figures.FRAME + figures.CELL_PAD,
-                      h + 2 * figures.FRAME + figures.CELL_PAD + figures.LABEL_H)
+                      h + 2 * figures.FRAME + figures.CELL_PAD + 2 * figures.LABEL_H)
     assert fig.size == (11 * cell_w + figures.QUERY_GAP, 3 * cell_h)
     pixels = np.asarray(fig.convert("RGB"))
     # Every retrieved image is framed green or red (the frame's top-left pixel), and captioned

@@ -77,7 +77,7 @@ def test_trains_evaluates_checkpoints_and_resumes_exactly(sampler, data_paths, t
     assert [e.step for e in ranked] == [r["step"] for r in eval_rows]
     c = config(3)
     cell_w = c.input.width + 2 * figures.FRAME + figures.CELL_PAD
-    cell_h = c.input.height + 2 * figures.FRAME + figures.CELL_PAD + figures.LABEL_H
+    cell_h = c.input.height + 2 * figures.FRAME + figures.CELL_PAD + 2 * figures.LABEL_H
     assert (ranked[-1].width, ranked[-1].height) == (
         11 * cell_w + figures.QUERY_GAP, c.eval.ranked_list_queries * cell_h)
     assert b"optim.lr" in acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]

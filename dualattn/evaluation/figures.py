@@ -38,7 +38,9 @@ def ranked_list_figure(queries: list[np.ndarray], ranked: list[list[np.ndarray]]
     each image (``LABEL_H`` pixels)."""
     h, w = queries[0].shape[:2]
     cols = max(len(r) for r in ranked)
-    label_h = LABEL_H if captions is not None else 0
+    lines = max((c.count("\n") + 1 for row in (captions or []) + [query_captions or []]
+                 for c in row), default=0)
+    label_h = LABEL_H * lines if captions is not None else 0
     cell_w, cell_h = w + 2 * FRAME + CELL_PAD, h + 2 * FRAME + CELL_PAD + label_h
     fig = Image.new("RGB", (cell_w * (cols + 1) + QUERY_GAP, cell_h * len(queries)), WHITE)
     draw = ImageDraw.Draw(fig)
@@ -141,22 +143,30 @@ def spread(n: int, total: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
 
 
-def ranked_lists(config, data: Data, scores: Scores, n: int, top: int = 10) -> Image.Image:
-    """``ranked_list_figure`` of ``n`` queries spread over the query split, with their
-    top-``top`` gallery images in the protocol's ranking of ``scores.distances``
-    (``metrics.kept_ranking``: the query identity's same-camera images are skipped). Each
-    gallery image is captioned ``rank:distance``, each query with its AP over the whole
-    gallery."""
+def ranked_lists(config, data: Data, scores: Scores, n: int, top: int = 10,
+                 which=None) -> Image.Image:
+    """``ranked_list_figure`` of ``n`` queries spread over the query split (or the query
+    indices ``which``), with their top-``top`` gallery images in the protocol's ranking of
+    ``scores.distances`` (``metrics.kept_ranking``: the query identity's same-camera images
+    are skipped). Each gallery image is captioned ``rank:distance`` over its identity and
+    camera (``p<pid> c<camera>``, cameras counted from 1 as the datasets name them); each
+    query with its identity and camera over its AP, and the rank of its first true match when
+    that is below ``top``."""
     (q_pids, q_cams), (g_pids, g_cams) = data.ids["query"], data.ids["gallery"]
     size = thumbnail_size(config)
     dist = scores.distances
     queries, ranked, correct, captions, query_captions = [], [], [], [], []
-    for i in spread(n, len(q_pids)):
+    for i in spread(n, len(q_pids)) if which is None else which:
         order = kept_ranking(dist[i], q_pids[i], q_cams[i], g_pids, g_cams)[:top]
         queries.append(decode_resize(data.sources["query"][int(i)]["image"], *size))
         ranked.append([decode_resize(data.sources["gallery"][int(j)]["image"], *size)
                        for j in order])
         correct.append(list(g_pids[order] == q_pids[i]))
-        captions.append([f"{rank}:{dist[i, j]:.2f}" for rank, j in enumerate(order, 1)])
-        query_captions.append(f"AP {100 * scores.ap[i]:.0f}%" if scores.valid[i] else "AP -")
+        captions.append([f"{rank}:{dist[i, j]:.2f}\np{g_pids[j]} c{g_cams[j] + 1}"
+                         for rank, j in enumerate(order, 1)])
+        score = "AP -"
+        if scores.valid[i]:
+            first = int(scores.first_rank[i]) + 1
+            score = f"AP {100 * scores.ap[i]:.0f}%" + (f" #{first}" if first > top else "")
+        query_captions.append(f"p{q_pids[i]} c{q_cams[i] + 1}\n{score}")
     return ranked_list_figure(queries, ranked, correct, captions, query_captions)
