@@ -8,10 +8,11 @@ Features are random 2048-D float32 (the network's test feature size), L2-normali
 evaluation makes them: Market's 3368 queries x 15913 gallery images, and 100 queries x
 1,000,000 gallery images (7.6 GiB of gallery features). Each method runs in a process of its
 own, which makes the same features from the same seed; its peak resident memory beyond those
-features is its working set. Time is the best of ``--repeats`` after one warm-up call (ours
-compiles in it). All three must find the same neighbours up to float32 rounding (the float64
-distances of what each found agree to 1e-6; near-ties may swap places), and the script says
-for how many queries the lists are identical; it fails loudly otherwise.
+features is its working set (for ours, JAX's own runtime included). Time is the best of
+``--repeats`` after one warm-up call (ours compiles in it). All three must find the same
+neighbours up to float32 rounding (the float64 distances of what each found agree to 1e-6;
+near-ties may swap places), and the script says for how many queries the lists are
+identical; it fails loudly otherwise.
 """
 
 from __future__ import annotations

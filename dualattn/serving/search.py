@@ -3,10 +3,11 @@
 ``top_k(query, gallery, k)`` never holds the query x gallery distance matrix. The gallery goes
 to the device a block of rows at a time; each block's distances (the evaluator's own kernel,
 ``dualattn.evaluation.metrics.pairwise_distances``, at full float32 precision) are reduced to
-their ``k`` smallest per query and merged with the best so far, on the device. The working
-set is one block of features and distances, about ``WORKING_SET`` bytes whatever the
-gallery's size, beside
-the gallery's features themselves (which may be a ``np.memmap``, then not in memory either).
+their ``k`` smallest per query and merged with the best so far, on the device, one block in
+flight while the next is copied. The working set is two or three blocks of features and
+distances, ``WORKING_SET`` bytes each, whatever the gallery's size (about 350 MiB with JAX's
+own runtime, measured), beside the gallery's features themselves (which may be a
+``np.memmap``, then not in memory either).
 Ties go to the lower gallery index, as a stable sort of the full row orders them.
 
 ``backend="faiss"`` hands the search to faiss's exact flat index (``pip install -e
@@ -25,7 +26,7 @@ import numpy as np
 from dualattn.errors import UserError
 from dualattn.evaluation.metrics import DISTANCE_METRICS, pairwise_distances
 
-WORKING_SET = 1 << 28  # bytes per block of gallery features and their distances: 256 MiB
+WORKING_SET = 1 << 26  # bytes per block of gallery features and their distances: 64 MiB
 BACKENDS = ("exact", "faiss")
 
 
@@ -67,10 +68,16 @@ def top_k(query, gallery, k: int, *, metric: str = "euclidean", backend: str = "
     # Placeholders at infinity: every block's shapes but the last are the same, one program.
     best_dist = jnp.full((len(query), k), jnp.inf, jnp.float32)
     best_index = jnp.full((len(query), k), -1, jnp.int32)
+    previous = None
     for start in range(0, gallery.shape[0], rows):
         block = jnp.asarray(np.asarray(gallery[start:start + rows], np.float32))
         best_dist, best_index = _merge(q, block, start, best_dist, best_index, k=k,
                                        metric=metric)
+        # JAX dispatches asynchronously: without waiting, the loop would copy every block to
+        # the device before the first is searched. One block in flight, one being copied.
+        if previous is not None:
+            previous.block_until_ready()
+        previous = best_dist
     return np.asarray(best_index, np.int64), np.asarray(best_dist)
 
 
