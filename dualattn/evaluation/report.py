@@ -207,8 +207,9 @@ def run_facts(rows: list[dict], batch: int, parameters: int) -> str:
         minutes, seconds = divmod(round(wall), 60)
         facts.append(f"training throughput {np.median([r['images_per_s'] for r in train]):,.0f}"
                      f" images/s (median over the logged windows)")
-        facts.append(f"wall time {minutes} min {seconds:02d} s for {train[-1]['step']} steps, "
-                     "evaluations and checkpoints included")
+        facts.append(f"wall time {minutes} min {seconds:02d} s for {train[-1]['step']} steps "
+                     "from the first step on, evaluations and checkpoints included (start-up, "
+                     "data preparation and baselines before it are not)")
     return "; ".join(facts) + "."
 
 
