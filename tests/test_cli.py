@@ -70,7 +70,8 @@ def test_console_scripts_are_the_modules_commands():
     scripts = {e.name: e for e in entry_points(group="console_scripts")
                if e.name.startswith("dualattn-")}
     assert set(scripts) == {"dualattn-train", "dualattn-evaluate", "dualattn-embed",
-                            "dualattn-convert", "dualattn-compare", "dualattn-export"}
+                            "dualattn-convert", "dualattn-compare", "dualattn-export",
+                            "dualattn-plan"}
     for name, entry in scripts.items():
         command = name.removeprefix("dualattn-")
         assert entry.value == f"dualattn.{command}:command"
