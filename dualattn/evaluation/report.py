@@ -27,10 +27,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from PIL import Image
 
-from data_pipeline.datasets import read_columns
 from dualattn.evaluation.baselines import baselines_line
 from dualattn.evaluation.figures import attention_image, ranked_lists
 from dualattn.evaluation.scores import Scores
+from dualattn.evaluation.verification import pair_masks
 from dualattn.models.reid import count_params
 from dualattn.run.data import Data
 from dualattn.run.workdir import RunDir, atomic_write
@@ -119,10 +119,9 @@ def pair_distances(scores: Scores, ids: dict, bins: int = ROC_BINS,
     pos, neg = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
     for start in range(0, len(dist), chunk_size):
         sl = slice(start, start + chunk_size)
-        match = q_pids[sl, None] == g_pids[None, :]
-        same_cam = q_cams[sl, None] == g_cams[None, :]
-        pos += np.histogram(dist[sl][match & ~same_cam], edges)[0]
-        neg += np.histogram(dist[sl][~match], edges)[0]
+        positive, negative = pair_masks(q_pids[sl], q_cams[sl], g_pids, g_cams)
+        pos += np.histogram(dist[sl][positive], edges)[0]
+        neg += np.histogram(dist[sl][negative], edges)[0]
     return edges, pos, neg
 
 
@@ -189,11 +188,9 @@ def evaluations_table(rows: list[dict]) -> str:
 
 def dataset_table(data: Data) -> str:
     """Identities, images and cameras of each split."""
-    train_pids, train_cams = read_columns(data.sources["train"], "pid", "camid")
-    splits = {"train": (train_pids, train_cams), **data.ids}
     return _table(["split", "identities", "images", "cameras"],
                   [[name, f"{len(np.unique(p)):,}", f"{len(p):,}", str(len(np.unique(c)))]
-                   for name, (p, c) in splits.items()])
+                   for name, (p, c) in data.ids.items()])
 
 
 def run_facts(rows: list[dict], batch: int, parameters: int) -> str:

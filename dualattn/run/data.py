@@ -31,7 +31,8 @@ class Data:
     sources: dict[str, Any]
     sampler: PKSampler  # or its subclass IdentitySampler (config.input.sampler)
     num_classes: int
-    ids: dict[str, tuple[np.ndarray, np.ndarray]]  # "query"/"gallery" -> (pids, camids)
+    # "train"/"query"/"gallery" -> (pids, camids), read once at load
+    ids: dict[str, tuple[np.ndarray, np.ndarray]]
     # The fingerprint of the folder the prepared dataset came from (path, file count, size,
     # digest): what a run's checkpoints record, so that it is never resumed on other data.
     source: dict
@@ -95,13 +96,14 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     if builder is None:  # the other processes open what process 0 prepared (and checked)
         builder = prepare(ds.name, ds.root, ds.data_dir, verbose=False)
     sources = data_sources(builder)
-    (labels,) = read_columns(sources["train"], "label")
+    labels, *train_ids = read_columns(sources["train"], "label", "pid", "camid")
     try:
         sampler = make_sampler(config.input.sampler, labels, config.input.p, config.input.k,
                                seed=config.seed)
     except ValueError as e:  # e.g. more identities per batch than the training set has
         raise ConfigError(f"{e} (dataset {ds.root})") from None
-    ids = {split: read_columns(sources[split], "pid", "camid") for split in ("query", "gallery")}
+    ids = {"train": tuple(train_ids), **{split: read_columns(sources[split], "pid", "camid")
+                                         for split in ("query", "gallery")}}
     check_test_split(ids, ds.root)
     return Data(sources=sources, sampler=sampler, num_classes=int(labels.max()) + 1, ids=ids,
                 source=fingerprint.recorded(builder.data_dir))
