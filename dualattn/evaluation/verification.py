@@ -36,8 +36,9 @@ def rate_name(fpr: float) -> str:
     return f"tpr@fpr{fpr:.0e}"
 
 
-def _pairs(dist, q_pids, q_cams, g_pids, g_cams):
-    """Positive and negative masks of one chunk of queries; junk is in neither."""
+def pair_masks(q_pids, q_cams, g_pids, g_cams) -> tuple[np.ndarray, np.ndarray]:
+    """The positive and negative pairs of (a chunk of) queries against the gallery, as masks;
+    junk (the query identity's shots from its own camera) is in neither."""
     match = q_pids[:, None] == g_pids[None, :]
     junk = match & (q_cams[:, None] == g_cams[None, :])
     return match & ~junk, ~match
@@ -64,7 +65,7 @@ def tpr_at_fpr(distmat, q_pids, g_pids, q_camids, g_camids, fprs=FPRS,
         the pairs that are not negative)."""
         sl = slice(start, start + chunk_size)
         dist = distmat[sl]
-        pos, neg = _pairs(dist, q_pids[sl], q_cams[sl], g_pids, g_cams)
+        pos, neg = pair_masks(q_pids[sl], q_cams[sl], g_pids, g_cams)
         return dist, pos, np.where(neg, _keys(dist) >> _BUCKET_SHIFT, buckets)
 
     def histogram(start):
@@ -105,8 +106,8 @@ def tpr_at_fpr_reference(distmat, q_pids, g_pids, q_camids, g_camids,
     """The definition, plainly: every pair's distance sorted, the ROC read at each distinct
     threshold, and the best true positive rate whose false positive rate is at most ``f``."""
     distmat = np.asarray(distmat, np.float64)
-    pos, neg = _pairs(distmat, *(np.asarray(a).reshape(-1)
-                                 for a in (q_pids, q_camids, g_pids, g_camids)))
+    pos, neg = pair_masks(*(np.asarray(a).reshape(-1)
+                            for a in (q_pids, q_camids, g_pids, g_camids)))
     scores = np.concatenate([distmat[pos], distmat[neg]])
     positive = np.concatenate([np.ones(pos.sum(), bool), np.zeros(neg.sum(), bool)])
     if positive.all() or not positive.any():
