@@ -17,12 +17,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from dualattn.evaluation.evaluator import protocol_features
+from dualattn.models.reid import count_params
+from dualattn.run.mesh import data_parallel_shardings
 from dualattn.run.model import create_train_state
 from dualattn.training.step import make_train_step
 
@@ -110,7 +109,6 @@ class Compiled:
     flops_source: str  # "compiler" or "jaxpr"
     collectives: list[Collective]
     seconds: float  # to lower and compile
-    hlo_text: str = dataclasses.field(repr=False, default="")
 
 
 def _peak(memory) -> int:
@@ -142,8 +140,7 @@ def _abstract(tree, sharding):
 def compile_train_step(config, devices: list, batch: int, train) -> Compiled:
     """The trainer's step for a global ``batch`` over ``devices``, compiled; ``train``: the
     run's ``TrainState`` (``state_for``)."""
-    mesh = Mesh(np.array(devices), ("data",))
-    data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    data, replicated = data_parallel_shardings(devices)
     step = make_train_step(config, train.schedule)
     key = jax.random.key(0)
     args = (train.graphdef, _abstract(train.state, replicated),
@@ -156,8 +153,7 @@ def compile_train_step(config, devices: list, batch: int, train) -> Compiled:
 
 def compile_eval_forward(config, devices: list, batch: int, train) -> Compiled:
     """The evaluator's test-feature pass for a global ``batch`` over ``devices``, compiled."""
-    mesh = Mesh(np.array(devices), ("data",))
-    data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    data, replicated = data_parallel_shardings(devices)
     forward = jax.jit(functools.partial(
         protocol_features, flip=config.eval.flip_test,
         normalize_features=config.eval.normalize_features), static_argnums=0)
@@ -188,10 +184,9 @@ def _compile(program: str, fn, args, devices: int, batch: int) -> Compiled:
     lowered = fn.lower(*args)
     compiled = lowered.compile()
     seconds = time.perf_counter() - start
-    text = compiled.as_text()
     flops, source = _flops(compiled, fn, args, devices)
     return Compiled(program, devices, batch, _peak(compiled.memory_analysis()), flops, source,
-                    collectives(text), seconds, text)
+                    collectives(compiled.as_text()), seconds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,9 +289,7 @@ def plan(config, target, devices: int, batch: int, num_classes: int,
         slope = (at_high.peak_bytes - at_low.peak_bytes) / low
         fixed = at_low.peak_bytes - slope * low
     usable = target.memory_bytes * (GPU_POOL if target.platform == "cuda" else 1.0)
-    model = nnx.merge(state.graphdef, state.state)["model"]
-    gradient_bytes = 4 * sum(math.prod(x.shape)
-                             for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    gradient_bytes = 4 * count_params(nnx.merge(state.graphdef, state.state)["model"])
     return Plan(target.key, target.name, config.model.dtype, devices, train, evaluate,
                 int(usable), target.peak_flops[config.model.dtype], gradient_bytes, slope,
                 fixed)
