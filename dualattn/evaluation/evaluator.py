@@ -102,13 +102,16 @@ class ReIDEvaluator:
         ``rerank``); of the features after average query expansion first if ``eval.aqe`` (or
         ``aqe``)."""
         e = self.config.eval
-        q, g = features
-        if e.aqe if aqe is None else aqe:
-            q, g = average_query_expansion(q, g, k=e.aqe_k, alpha=e.aqe_alpha,
-                                           times=e.aqe_times)
+        q, g = self.expanded(features) if (e.aqe if aqe is None else aqe) else features
         if e.rerank if rerank is None else rerank:
             return re_ranking_features(q, g, e.rerank_k1, e.rerank_k2, e.rerank_lambda)
         return compute_distance_matrix(q, g, metric or e.metric)
+
+    def expanded(self, features: Features) -> Features:
+        """``features`` after average query expansion with ``eval``'s parameters."""
+        e = self.config.eval
+        return average_query_expansion(*features, k=e.aqe_k, alpha=e.aqe_alpha,
+                                       times=e.aqe_times)
 
     def score(self, features: Features, *, rerank: bool | None = None,
               metric: str | None = None, aqe: bool | None = None) -> Scores:
@@ -132,8 +135,10 @@ class ReIDEvaluator:
         rows = []
         for feature, flip in itertools.product(("after", "before"), (False, True)):
             features = self.features(model, feature=feature, flip=flip)
-            for aqe, rerank in itertools.product((False, True), (False, True)):
-                name = (f"{feature}{' +flip' if flip else ''}{' +aqe' if aqe else ''}"
-                        f"{' +rerank' if rerank else ''}")
-                rows.append((name, self.score(features, rerank=rerank, aqe=aqe)))
+            for aqe in (False, True):  # expanded once for both re-ranking rows
+                scored = self.expanded(features) if aqe else features
+                for rerank in (False, True):
+                    name = (f"{feature}{' +flip' if flip else ''}{' +aqe' if aqe else ''}"
+                            f"{' +rerank' if rerank else ''}")
+                    rows.append((name, self.score(scored, rerank=rerank, aqe=False)))
         return rows
