@@ -78,8 +78,10 @@ def test_device_counts_a_target_cannot_have_are_refused():
     assert TARGETS["v4"].topology(8)["chip_config_name"] == "megacore"
 
 
-def test_a_missing_compiler_is_one_line_naming_the_pip_extra():
-    """The test environment has no plugin (they live in ``.compilers``)."""
+def test_a_missing_compiler_is_one_line_naming_the_pip_extra(monkeypatch):
+    """The test environment has no plugin (they live in ``.compilers``, which the command
+    finds only through DUALATTN_COMPILERS)."""
+    monkeypatch.delenv("DUALATTN_COMPILERS", raising=False)
     assert_one_error_line(run_command("dualattn.plan", "--config", "configs/tiny.py",
                                       "--target", "v5e", "--nofit"),
                           'pip install "jax[tpu]==')
