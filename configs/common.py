@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.sa_reduction = 8
     c.model.bnneck = True
     c.model.test_feature = "after"
+    # Convolution initialisation when training from scratch: "he_fan_out" (torchvision's
+    # ResNet) or "torch_default" (plain nn.Conv2d's); ImageNet weights replace the backbone's.
+    c.model.conv_init = "he_fan_out"
     c.model.dtype = "float32"  # "bfloat16" for mixed precision on GPUs and TPUs
     # 1x1 convolutions as matmuls with XLA:CPU-friendly gradients (dualattn.models.cpu_conv):
     # "auto" = on when JAX runs on the CPU, or "on" / "off"; same values, faster there.
@@ -74,6 +77,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.epochs = 500
     c.optim.lr = 3.5e-4
     c.optim.weight_decay = 5e-4
+    # The self-attention gate alpha (y = alpha * o + x): whether the L2 weight decay applies
+    # to it, and its learning rate as a multiple of optim.lr. The paper is silent; BoT's
+    # recipe decays every parameter at one rate, which these defaults keep.
+    c.optim.alpha_weight_decay = True
+    c.optim.alpha_lr_factor = 1.0
     # "bot": BoT's warmup and decays, set at each epoch's start (its first epoch at 3.8e-5);
     # "per_step": a linear ramp over the warmup's steps from warmup_factor * lr.
     c.optim.schedule = "bot"

@@ -18,6 +18,7 @@ from data_pipeline.sampler import SAMPLERS
 from dualattn.errors import ConfigError
 from dualattn.evaluation.metrics import DISTANCE_METRICS
 from dualattn.models.cpu_conv import CHOICES as CPU_SCHEDULES
+from dualattn.models.layers import CONV_INITS
 from dualattn.models.reid import TEST_FEATURES
 from dualattn.training.losses import TERMS
 from dualattn.training.optim import SCHEDULES
@@ -29,6 +30,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.cpu_schedule": (*CPU_SCHEDULES, True, False),
     "model.last_stride": (1, 2),
+    "model.conv_init": tuple(CONV_INITS),
     "eval.metric": DISTANCE_METRICS,
     "optim.schedule": SCHEDULES,
 }
@@ -45,6 +47,7 @@ RANGES = {
     "loss.label_smoothing": (0, 1, True), "loss.margin": (0, math.inf, True),
     "optim.epochs": (1, math.inf, True), "optim.lr": (0, math.inf, False),
     "optim.weight_decay": (0, math.inf, True), "optim.warmup_epochs": (0, math.inf, True),
+    "optim.alpha_lr_factor": (0, math.inf, False),
     "optim.warmup_factor": (0, 1, False), "optim.decay_factor": (0, math.inf, False),
     "eval.every_epochs": (1, math.inf, True), "eval.max_rank": (1, math.inf, True),
     "eval.rerank_k1": (1, math.inf, True), "eval.rerank_k2": (1, math.inf, True),

@@ -100,3 +100,28 @@ def test_jitted_forward_backward_learns_on_a_fixed_batch(tiny_model_kwargs):
     for _ in range(5):
         loss, _ = step(model, optimizer, x, labels)
     assert float(loss) < float(loss0)
+
+
+@pytest.mark.parametrize("conv_init", ["he_fan_out", "torch_default"])
+def test_conv_init_draws_as_torchvision_or_as_torchs_conv_default(tiny_model_kwargs, conv_init):
+    """model.conv_init: every convolution's kernel (stem, bottlenecks, shortcuts, attention)
+    has the spread of torchvision's kaiming_normal_(fan_out) or of nn.Conv2d's own default,
+    kaiming_uniform_(a=sqrt(5)), which is U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    import torch
+
+    model = make(tiny_model_kwargs, conv_init=conv_init)
+    kernels = [(path, var[...]) for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+               if path[-1] == "kernel" and var[...].ndim == 4]
+    assert len(kernels) > 10
+    for path, w in kernels:
+        kh, kw, cin, cout = w.shape
+        shape = (cout, cin, kh, kw)
+        t = torch.empty(shape)
+        if conv_init == "he_fan_out":
+            torch.nn.init.kaiming_normal_(t, mode="fan_out", nonlinearity="relu")
+        else:
+            torch.nn.init.kaiming_uniform_(t, a=5 ** 0.5)
+            assert np.abs(w).max() <= 1 / np.sqrt(cin * kh * kw) + 1e-7, path
+        # Sample spreads of thousands of draws (or of the smallest kernels: within 35 %).
+        expected = float(t.std())
+        assert abs(float(np.std(w)) - expected) <= 0.35 * expected, (path, np.std(w), expected)

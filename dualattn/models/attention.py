@@ -66,12 +66,13 @@ class SpatialSelfAttention(nnx.Module):
 
     def __init__(self, channels: int, reduction: int = 8, *, dtype=jnp.float32,
                  param_dtype=jnp.float32, conv_general_dilated=jax.lax.conv_general_dilated,
-                 rngs: nnx.Rngs):
+                 conv_init: str = "he_fan_out", rngs: nnx.Rngs):
         self.key_channels = reduced_channels(channels, reduction)
 
         def branch(out_channels: int) -> tuple[nnx.Conv, nnx.BatchNorm]:
             conv = layers.conv(channels, out_channels, 1, dtype=dtype, param_dtype=param_dtype,
-                               conv_general_dilated=conv_general_dilated, rngs=rngs)
+                               conv_general_dilated=conv_general_dilated, init=conv_init,
+                               rngs=rngs)
             return conv, batch_norm(out_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         self.query_conv, self.query_bn = branch(self.key_channels)

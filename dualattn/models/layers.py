@@ -21,6 +21,14 @@ BN_EPSILON = 1e-5
 
 # torchvision: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"), untruncated.
 conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+# The convolution initialisations by ``model.conv_init``: torchvision's ResNet (the default), or
+# PyTorch's own nn.Conv2d default, kaiming_uniform_(a=sqrt(5)): U(-b, b) with b = 1/sqrt(fan_in),
+# what a network built from plain torch layers starts from. The choice matters when training
+# from scratch; ImageNet weights replace every backbone convolution.
+CONV_INITS = {
+    "he_fan_out": conv_kernel_init,
+    "torch_default": nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+}
 
 
 def batch_norm(features: int, *, dtype=jnp.float32, param_dtype=jnp.float32, use_bias=True,
@@ -50,8 +58,8 @@ def _narrower(dtype, param_dtype) -> bool:
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad: int = 0, *,
          dtype, param_dtype, conv_general_dilated=jax.lax.conv_general_dilated,
-         rngs: nnx.Rngs) -> nnx.Conv:
-    """Bias-free square convolution with torch's symmetric padding and He fan-out init.
+         init: str = "he_fan_out", rngs: nnx.Rngs) -> nnx.Conv:
+    """Bias-free square convolution with torch's symmetric padding and ``CONV_INITS[init]``.
     ``conv_general_dilated`` is ``nnx.Conv``'s own hook: any function with the signature of
     ``lax.conv_general_dilated`` that computes the same values (``dualattn.models.cpu_conv``).
     Computing in bfloat16 from float32 parameters, the kernel's gradient is accumulated in
@@ -62,7 +70,7 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, pad:
         conv_general_dilated = mixed_precision.conv_general_dilated(conv_general_dilated)
     return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=conv_kernel_init,
+                    param_dtype=param_dtype, kernel_init=CONV_INITS[init],
                     conv_general_dilated=conv_general_dilated, rngs=rngs, **extra)
 
 

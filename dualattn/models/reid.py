@@ -55,7 +55,7 @@ class ReIDNet(nnx.Module):
                  se_reduction: int = 16, use_sa: bool = True, sa_reduction: int = 8,
                  bnneck: bool = True, test_feature: str = "after", dtype="float32",
                  param_dtype="float32", conv_general_dilated=jax.lax.conv_general_dilated,
-                 rngs: nnx.Rngs):
+                 conv_init: str = "he_fan_out", rngs: nnx.Rngs):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if test_feature not in TEST_FEATURES:
@@ -66,12 +66,13 @@ class ReIDNet(nnx.Module):
         self.backbone = ResNet(stage_sizes=tuple(stage_sizes), width=width,
                                last_stride=last_stride, use_se=use_se,
                                se_reduction=se_reduction, dtype=dtype, param_dtype=param_dtype,
-                               conv_general_dilated=conv_general_dilated, rngs=rngs)
+                               conv_general_dilated=conv_general_dilated, conv_init=conv_init,
+                               rngs=rngs)
         self.feature_dim = self.backbone.out_channels
         self.attention = (SpatialSelfAttention(self.feature_dim, sa_reduction, dtype=dtype,
                                                param_dtype=param_dtype,
                                                conv_general_dilated=conv_general_dilated,
-                                               rngs=rngs)
+                                               conv_init=conv_init, rngs=rngs)
                           if use_sa else None)
         # BNNeck: BoT freezes the BN bias at zero, which is the same as having none.
         self.bottleneck = (batch_norm(self.feature_dim, use_bias=False, dtype=self.head_dtype,

@@ -27,13 +27,15 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, in_channels: int, width: int, stride: int, *, use_se: bool,
                  se_reduction: int, dtype, param_dtype,
-                 conv_general_dilated=jax.lax.conv_general_dilated, rngs: nnx.Rngs):
+                 conv_general_dilated=jax.lax.conv_general_dilated, conv_init: str = "he_fan_out",
+                 rngs: nnx.Rngs):
         out_channels = width * EXPANSION
         self.dtype = dtype
 
         def conv(cin, cout, k, s=1, pad=0):
             return layers.conv(cin, cout, k, s, pad, dtype=dtype, param_dtype=param_dtype,
-                               conv_general_dilated=conv_general_dilated, rngs=rngs)
+                               conv_general_dilated=conv_general_dilated, init=conv_init,
+                               rngs=rngs)
 
         def bn(c):
             return batch_norm(c, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -75,14 +77,16 @@ class ResNet(nnx.Module):
     def __init__(self, *, stage_sizes: Sequence[int] = RESNET50_STAGES, width: int = 64,
                  last_stride: int = 1, use_se: bool = True, se_reduction: int = 16,
                  dtype=jnp.float32, param_dtype=jnp.float32,
-                 conv_general_dilated=jax.lax.conv_general_dilated, rngs: nnx.Rngs):
+                 conv_general_dilated=jax.lax.conv_general_dilated, conv_init: str = "he_fan_out",
+                 rngs: nnx.Rngs):
         if len(stage_sizes) != 4 or min(stage_sizes) < 1:
             raise ValueError(f"stage_sizes must be four positive block counts, got {stage_sizes}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
         self.dtype = dtype
         self.conv1 = layers.conv(3, width, 7, 2, 3, dtype=dtype, param_dtype=param_dtype,
-                                 conv_general_dilated=conv_general_dilated, rngs=rngs)
+                                 conv_general_dilated=conv_general_dilated, init=conv_init,
+                                 rngs=rngs)
         self.bn1 = batch_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         in_channels = width
         for i, num_blocks in enumerate(stage_sizes):
@@ -93,7 +97,8 @@ class ResNet(nnx.Module):
                 blocks.append(Bottleneck(in_channels, stage_width, first_stride if j == 0 else 1,
                                          use_se=use_se, se_reduction=se_reduction, dtype=dtype,
                                          param_dtype=param_dtype,
-                                         conv_general_dilated=conv_general_dilated, rngs=rngs))
+                                         conv_general_dilated=conv_general_dilated,
+                                         conv_init=conv_init, rngs=rngs))
                 in_channels = stage_width * EXPANSION
             setattr(self, f"layer{i + 1}", nnx.List(blocks))
         self.out_channels = in_channels
