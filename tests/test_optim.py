@@ -1,12 +1,14 @@
-"""The learning-rate schedules: BoT's per-epoch warmup and decays, and the per-step variant."""
+"""The learning-rate schedules (BoT's per-epoch warmup and decays, and the per-step variant) and
+the optimizer's switches for the attention gate."""
 
 import functools
 
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
-from dualattn.training.optim import learning_rate_schedule
+from dualattn.training.optim import create_optimizer, learning_rate_schedule
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32])
@@ -39,3 +41,35 @@ def test_bot_schedule_is_reid_strong_baselines_per_epoch_rate():
         for step in (7 * epoch, 7 * epoch + 6):  # constant within the epoch
             assert float(schedule(np.uint32(step))) == approx(expected), (epoch, step)
     assert float(schedule(0)) == approx(3.815e-5)
+
+
+@pytest.mark.parametrize("decay, factor", [(True, 1.0), (False, 1.0), (True, 10.0), (False, 3.0)])
+def test_gate_switches_are_torch_adam_with_the_gate_in_its_own_group(decay, factor):
+    """optim.alpha_weight_decay / alpha_lr_factor against torch's Adam with two parameter
+    groups: the gate (weight_decay 0 when off, lr x factor) and everything else."""
+    import torch
+
+    c = tiny.get_config()
+    c.optim.weight_decay, c.optim.alpha_weight_decay, c.optim.alpha_lr_factor = 0.1, decay, factor
+    rng = np.random.default_rng(0)
+    params = {"attention": {"alpha": np.float32(0.5)},
+              "classifier": {"kernel": rng.standard_normal((3, 4)).astype(np.float32)}}
+    tx = create_optimizer(c, 1e-2)
+    state = tx.init(params)
+    alpha = torch.nn.Parameter(torch.tensor(0.5))
+    kernel = torch.nn.Parameter(torch.from_numpy(params["classifier"]["kernel"].copy()))
+    opt = torch.optim.Adam([{"params": [kernel]},
+                            {"params": [alpha], "lr": 1e-2 * factor,
+                             "weight_decay": 0.1 if decay else 0.0}], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        g_alpha, g_kernel = rng.standard_normal(), rng.standard_normal((3, 4))
+        grads = {"attention": {"alpha": np.float32(g_alpha)},
+                 "classifier": {"kernel": g_kernel.astype(np.float32)}}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        alpha.grad = torch.tensor(g_alpha, dtype=torch.float32)
+        kernel.grad = torch.from_numpy(g_kernel.astype(np.float32))
+        opt.step()
+    np.testing.assert_allclose(params["attention"]["alpha"], alpha.item(), rtol=1e-5)
+    np.testing.assert_allclose(params["classifier"]["kernel"], kernel.detach().numpy(),
+                               rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -40,10 +41,32 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return schedule
 
 
+GATE = "alpha"  # the self-attention gate's parameter name (dualattn.models.attention)
+
+
+def is_gate(path) -> bool:
+    """Whether a pytree path (of a model's parameters, in any container) names the gate."""
+    return any(getattr(k, "key", getattr(k, "name", None)) == GATE for k in path)
+
+
+def _gate_mask(params, gate: bool):
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_gate(path) == gate, params)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
-    """torch ``Adam(lr, weight_decay=wd)``: L2 added to the gradient before Adam's moments."""
-    return optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                       optax.adam(schedule))
+    """torch ``Adam(lr, weight_decay=wd)``: L2 added to the gradient before Adam's moments.
+
+    ``optim.alpha_weight_decay=False`` leaves the gate out of the L2 term, and
+    ``optim.alpha_lr_factor`` scales the gate's Adam step, which is its learning rate (Adam's
+    step does not depend on the gradient's scale): torch's Adam with the gate in a parameter
+    group of its own, ``weight_decay`` 0 or ``lr * factor``."""
+    o = config.optim
+    mask = None if o.alpha_weight_decay else (lambda params: _gate_mask(params, False))
+    parts = [optax.add_decayed_weights(o.weight_decay, mask=mask), optax.adam(schedule)]
+    if o.alpha_lr_factor != 1.0:
+        parts.append(optax.masked(optax.scale(o.alpha_lr_factor),
+                                  lambda params: _gate_mask(params, True)))
+    return optax.chain(*parts)
 
 
 def _bot_schedule(o, steps_per_epoch: int):
