@@ -25,28 +25,40 @@ def augment_config(config: ml_collections.ConfigDict) -> AugmentConfig:
                          erase_prob=a.erase_prob)
 
 
-def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedule):
-    """One optimizer step on a global batch; returns the new state (its named parts) and the
-    scalars: the loss, each of its terms, the training accuracy, the learning rate and, with
-    self-attention, its gate ``alpha`` (the weight of the module's output in ``alpha * o + x``,
-    which starts at 0: logged so that whether the module is used at all is in view)."""
+def step_on_batch(graphdef, state, x, labels, *, config, schedule):
+    """One optimizer step on an augmented, normalised batch ``x``: ``(new state, scalars,
+    the train-mode output)``. The scalars are the loss, each of its terms, the training
+    accuracy, the learning rate and, with self-attention, its gate ``alpha`` after the update
+    (the weight of the module's output in ``alpha * o + x``, which starts at 0: logged so that
+    whether the module is used at all is in view) with ``alpha_grad``, the objective's
+    gradient on it (before weight decay). The trainer and the side-by-side twin trainer
+    (``dualattn.interop.twin_training``) both step through it."""
     parts = nnx.merge(graphdef, state)
     model, optimizer = parts["model"], parts["optimizer"]
-    x = augment(rng, images, aug_cfg)
 
     def loss_fn(model):
         out = model(x, train=True)
         total, terms = objective(out, labels, config.loss)
-        return total, (terms, out.logits)
+        return total, (terms, out)
 
-    (total, (terms, logits)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (total, (terms, out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     step = optimizer.step[...]
     optimizer.update(model, grads)
     metrics = {"loss": total, **terms,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels), "lr": schedule(step)}
-    if model.attention is not None:  # the self-attention gate, after this step's update
+               "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels), "lr": schedule(step)}
+    if model.attention is not None:
         metrics["alpha"] = model.attention.alpha[...]
-    return nnx.state(parts), metrics
+        metrics["alpha_grad"] = grads["attention"]["alpha"][...]
+    return nnx.state(parts), metrics, out
+
+
+def train_step(graphdef, state, images, labels, rng, *, config, aug_cfg, schedule):
+    """One optimizer step on a global uint8 batch, augmented here on the device; returns the
+    new state (its named parts) and ``step_on_batch``'s scalars."""
+    x = augment(rng, images, aug_cfg)
+    state, metrics, _ = step_on_batch(graphdef, state, x, labels, config=config,
+                                      schedule=schedule)
+    return state, metrics
 
 
 def make_train_step(config, schedule, aug_cfg: AugmentConfig | None = None):
