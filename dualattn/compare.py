@@ -3,6 +3,7 @@
     python -m dualattn.compare --config configs/market.py [--weights FILE] [--steps 3]
     python -m dualattn.compare --workdir runs/market
     python -m dualattn.compare --config configs/market.py --config.model.dtype=bfloat16
+    python -m dualattn.compare --train --config configs/synthetic.py [--seeds 3]
 
 Both frameworks on the same weights and batch (P identities x K images, random pixels): ours
 and the twin in float32 (TF32 off) or bfloat16 (the twin under autocast), then both in float64
@@ -14,6 +15,14 @@ without it or ``--weights`` the network starts from its initialisation with ever
 zero. A ``--weights`` file is either a full state dict of the twin (ours converted, or a
 PyTorch ReID checkpoint in the twin's names) or a torchvision/timm backbone. JAX runs on its
 default device and the twin on ``--torch_device``; the float64 runs are on the CPU.
+
+``--train`` trains both on the config's dataset side by side instead
+(``dualattn.interop.twin_training``: the same initial weights, every augmented batch made once
+and stepped on by both, the same recipe): the first ``--reference_steps`` steps' losses
+against float64, one row per evaluation (each one's loss, R1, mAP and mINP, and the relative
+distance between their parameters), the step at which their losses separate and why, and then
+ours alone at the next ``--seeds`` - 1 seeds (runs in ``--train_dir``) to set the final mAP
+difference against ours' seed spread.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import jax
 from absl import flags
 
 from dualattn import cli
+from dualattn.errors import ConfigError
 from dualattn.interop.numerics import (
     build_pair,
     check_twin_objective,
@@ -30,6 +40,14 @@ from dualattn.interop.numerics import (
     pk_batch,
     set_true_f32,
 )
+from dualattn.interop.twin_training import (
+    EVALUATION_HEAD,
+    format_evaluation,
+    format_reference,
+    seed_verdict,
+    train_side_by_side,
+)
+from dualattn.training.loop import train_and_evaluate
 from dualattn.weights.files import read_state_dict
 
 FLAGS = flags.FLAGS
@@ -48,14 +66,66 @@ def define_flags() -> None:
     flags.DEFINE_integer("k", None, "Images per identity (default config.input.k).")
     flags.DEFINE_float("lr", None, "Constant learning rate (default config.optim.lr).")
     flags.DEFINE_string("torch_device", "cpu", "Device of the PyTorch twin: cpu or cuda.")
+    flags.DEFINE_bool("train", False, "Train ours and the twin side by side on the config's "
+                      "dataset, then ours alone at more seeds (see the module docstring).")
+    flags.DEFINE_integer("seeds", 3, "With --train: seeds of ours for the spread, the first "
+                         "being config.seed (the side-by-side run).")
+    flags.DEFINE_integer("reference_steps", 5, "With --train: steps also run in float64.")
+    flags.DEFINE_string("train_dir", "runs/twin", "With --train: where ours' runs at the "
+                        "other seeds go (SEED/ under it; an existing one resumes).")
     flags.DEFINE_bool("reference", True, "Also run both networks in float64 on the CPU, the "
                       "ground truth each is compared with (--noreference: faster, no verdicts).")
+
+
+def train_both(config) -> None:
+    """``--train``: the side-by-side run, then ours at the other seeds."""
+    if config.model.dtype != "float32":
+        raise ConfigError("compare --train runs float32; pass --config.model.dtype=float32")
+    if FLAGS.seeds < 2:
+        raise ConfigError("--seeds must be at least 2 for a spread")
+    print(f"ours (JAX on {jax.devices()[0].platform}) and the PyTorch twin (on "
+          f"{FLAGS.torch_device}) on {config.dataset.name}, seed {config.seed}, from the same "
+          "weights and on the same batches; float32, TF32 off", flush=True)
+    header = []
+
+    def evaluation(e):
+        if not header:
+            header.append(print(EVALUATION_HEAD))
+        print(format_evaluation(e), flush=True)
+
+    rows = []
+
+    def reference(row):  # printed once the float64 steps are done
+        rows.append(row)
+        if len(rows) == FLAGS.reference_steps:
+            print(f"the first {len(rows)} steps against float64 (both frameworks in float64 on "
+                  f"the CPU, the same batches):\n{format_reference(rows)}\n", flush=True)
+
+    result = train_side_by_side(config, torch_device=FLAGS.torch_device,
+                                reference_steps=FLAGS.reference_steps,
+                                on_evaluation=evaluation, on_reference=reference)
+    print(f"\n{result.separation.describe()}")
+    if result.gate:
+        print(f"attention gate alpha at the end: ours {result.gate[-1][0]:+.5f}, twin "
+              f"{result.gate[-1][1]:+.5f}")
+    final = result.evaluations[-1]
+    maps = [final.ours["mAP"]]
+    for seed in range(config.seed + 1, config.seed + FLAGS.seeds):
+        c = config.copy_and_resolve_references()
+        c.seed, c.eval.baselines, c.eval.report = seed, False, False
+        print(f"\nours alone at seed {seed} in {FLAGS.train_dir}/seed{seed}:", flush=True)
+        maps.append(train_and_evaluate(c, f"{FLAGS.train_dir}/seed{seed}").mAP)
+    print("\n" + seed_verdict(final.twin["mAP"], maps))
 
 
 def main(argv):
     cli.require("config")
     set_true_f32()
     config = FLAGS.config
+    if FLAGS.train:
+        check_twin_objective(config)
+        train_both(config)
+        return
     compared_precision(config)
     check_twin_objective(config)
     num_classes = FLAGS.num_classes

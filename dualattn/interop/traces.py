@@ -40,7 +40,7 @@ from flax import nnx
 
 from dualattn.models import ReIDNet
 from dualattn.training.losses import TERMS, objective
-from dualattn.training.optim import create_optimizer
+from dualattn.training.optim import GATE, create_optimizer
 from dualattn.weights.state_dict import flax_to_torch, state_to_torch
 
 # The forward quantities of a trace, in the order the comparison prints them.
@@ -54,14 +54,44 @@ _KEEP = 0.9
 # The PyTorch side of the loss (as the PyTorch toolkits write it)
 
 
+def torch_pairwise_euclidean(feats):
+    """Euclidean distances by the ``|a|^2 + |b|^2 - 2ab`` expansion, clamped at 1e-12."""
+    sq = (feats ** 2).sum(1)
+    return (sq[:, None] + sq[None, :] - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
+
+
+def torch_hardest_pairs(dist, labels):
+    """``(farthest positive, closest negative)`` index of each anchor, as ``max(dim)`` /
+    ``min(dim)`` pick them."""
+    same = labels[:, None] == labels[None, :]
+    pos = torch.where(same, dist, torch.full_like(dist, -float("inf"))).max(1).indices
+    neg = torch.where(same, torch.full_like(dist, float("inf")), dist).min(1).indices
+    return pos, neg
+
+
 def torch_triplet_hard(feats, labels, margin: float = 0.3):
     """Batch-hard triplet: masked max / min of Euclidean distances, hinge at ``margin``."""
-    sq = (feats ** 2).sum(1)
-    dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
-    same = labels[:, None] == labels[None, :]
-    dist_ap = torch.where(same, dist, torch.full_like(dist, -float("inf"))).max(1).values
-    dist_an = torch.where(same, torch.full_like(dist, float("inf")), dist).min(1).values
+    dist = torch_pairwise_euclidean(feats)
+    pos, neg = torch_hardest_pairs(dist, labels)
+    dist_ap = dist.gather(1, pos[:, None])[:, 0]
+    dist_an = dist.gather(1, neg[:, None])[:, 0]
     return torch.relu(dist_ap - dist_an + margin).mean()
+
+
+def torch_param_groups(twin, config, lr: float) -> list[dict]:
+    """The twin's trainable parameters as torch ``Adam`` groups matching
+    ``dualattn.training.optim.create_optimizer``: the attention gate in a group of its own
+    (``optim.alpha_weight_decay``, ``optim.alpha_lr_factor``), each group's ``lr_factor``
+    kept for a schedule that sets ``lr`` per step."""
+    o = config.optim
+    trainable = [(n, p) for n, p in twin.named_parameters() if p.requires_grad]
+    gate = [p for n, p in trainable if n.rsplit(".", 1)[-1] == GATE]
+    groups = [{"params": [p for n, p in trainable if n.rsplit(".", 1)[-1] != GATE],
+               "weight_decay": o.weight_decay, "lr": lr, "lr_factor": 1.0}]
+    if gate:
+        groups.append({"params": gate, "weight_decay": o.weight_decay if o.alpha_weight_decay
+                       else 0.0, "lr": lr * o.alpha_lr_factor, "lr_factor": o.alpha_lr_factor})
+    return groups
 
 
 # The objective's terms as the PyTorch toolkits write them, by ``TERMS``'s names: (features,
@@ -119,8 +149,7 @@ def torch_trace(twin, config, images: np.ndarray, labels: np.ndarray, *, steps: 
         for name, m in twin.named_modules()
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     trainable = {n: p for n, p in twin.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.Adam(list(trainable.values()), lr=lr,
-                                 weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.Adam(torch_param_groups(twin, config, lr))
     if replay:
         ours = create_optimizer(config, lr)
         replayed = {n: p.detach().cpu().numpy().copy() for n, p in trainable.items()}

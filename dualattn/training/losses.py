@@ -49,6 +49,15 @@ def pairwise_euclidean(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.maximum(d2, MIN_SQUARED_DISTANCE))
 
 
+def hardest_pairs(dist: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For each anchor, the index of its farthest positive and of its closest negative (by
+    argmax/argmin: the first one on a tie). An anchor with no negative gets index 0."""
+    same = labels[:, None] == labels[None, :]
+    pos_idx = jnp.argmax(jnp.where(same, dist, -jnp.inf), axis=1)
+    neg_idx = jnp.argmin(jnp.where(same, jnp.inf, dist), axis=1)
+    return pos_idx, neg_idx
+
+
 def hard_example_mining(dist: jax.Array,
                         labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """For each anchor: the farthest positive, the closest negative, and whether it has one.
@@ -56,15 +65,13 @@ def hard_example_mining(dist: jax.Array,
     Masks by label equality, so any number of images per identity works. The anchor itself
     counts as a positive (its distance is the clamped ~1e-6), as in BoT, so every anchor has a
     positive; anchors whose batch holds no other identity have no negative and are reported
-    invalid. Picks by argmax/argmin, so the gradient flows to one pair as in PyTorch's
-    ``max(dim)``.
+    invalid. Picks by argmax/argmin (``hardest_pairs``), so the gradient flows to one pair as
+    in PyTorch's ``max(dim)``.
     """
-    same = labels[:, None] == labels[None, :]
-    pos_idx = jnp.argmax(jnp.where(same, dist, -jnp.inf), axis=1)
-    neg_idx = jnp.argmin(jnp.where(same, jnp.inf, dist), axis=1)
+    pos_idx, neg_idx = hardest_pairs(dist, labels)
     dist_ap = jnp.take_along_axis(dist, pos_idx[:, None], axis=1)[:, 0]
     dist_an = jnp.take_along_axis(dist, neg_idx[:, None], axis=1)[:, 0]
-    has_negative = jnp.any(~same, axis=1)
+    has_negative = jnp.any(labels[:, None] != labels[None, :], axis=1)
     return dist_ap, dist_an, has_negative
 
 
