@@ -10,6 +10,14 @@ and R1, its mAP against the unchanged recipe's, and the attention gate alpha at 
 the synthetic counterpart of the paper's Tables I and II: what each switch is worth, measured
 against seed noise, before a user spends GPU days on it.
 
+A second table looks at the gate in every row with self-attention, from the runs' logged
+steps: the objective's gradient on it (``alpha_grad``, logged every ``log_every_steps``: the
+size of its mean, its standard deviation and the ratio of the two, the gradient's
+signal-to-noise, each per seed and then averaged) and the pull of the L2 weight decay on it
+(``weight_decay * |alpha|``) beside the gradient's typical size. Adam's step is about
+``lr * mean / sqrt(mean square)`` of the recent gradients, so a gradient with no steady sign
+moves the gate by a random walk whatever its size.
+
 Two rows stand for two recipes each: our translation is pad-and-crop exactly (integer shifts,
 zero fill; ``dualattn.training.augment``), so BoT's augmentation (flip, pad and random crop,
 erasing with the ImageNet mean) is the recipe with rotation off, and the paper's as written
@@ -83,7 +91,7 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 def table(results: dict, seeds: int) -> str:
     base = [r["mAP"] for r in results.get(BASELINE, {}).values()]
-    lines = ["| row | mAP % (mean ± sd) | R1 % (mean ± sd) | mAP vs recipe | alpha at the end "
+    lines = ["| row | mAP % (mean ± sd) | R1 % (mean ± sd) | mAP vs recipe | abs(alpha) at the end "
              "| seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for name in ROWS:
         runs = list(results.get(name, {}).values())
@@ -93,9 +101,40 @@ def table(results: dict, seeds: int) -> str:
         r1, r1_sd = spread([100 * r["rank1"] for r in runs])
         delta = f"{m - 100 * statistics.fmean(base):+.1f}" if base and name != BASELINE else ""
         gates = [r["alpha"] for r in runs if r["alpha"] is not None]
-        gate = f"{statistics.fmean(gates):+.4f}" if gates else "(no SA)"
+        gate = f"{statistics.fmean(abs(g) for g in gates):.4f}" if gates else "(no SA)"
         lines.append(f"| {name} | {m:.1f} ± {m_sd:.1f} | {r1:.1f} ± {r1_sd:.1f} | {delta} | "
                      f"{gate} | {len(runs)} of {seeds} |")
+    return "\n".join(lines)
+
+
+def gate_stats(workdir: Path, weight_decay: float) -> dict | None:
+    """The gate's logged trajectory in one run: None without self-attention."""
+    from dualattn.run.workdir import RunDir
+
+    rows = [r for r in RunDir(workdir).rows() if "alpha_grad" in r]
+    if not rows:
+        return None
+    grads = [r["alpha_grad"] for r in rows]
+    alphas = [abs(r["alpha"]) for r in rows]
+    mean, sd = statistics.fmean(grads), statistics.stdev(grads)
+    return {"mean": abs(mean), "sd": sd, "snr": abs(mean) / sd,
+            "typical": statistics.median(abs(g) for g in grads),
+            "pull": weight_decay * statistics.median(alphas)}
+
+
+def gate_table(out: Path, results: dict, config_path: str) -> str:
+    weight_decay = configured(config_path, [], 0).optim.weight_decay
+    lines = ["| row | abs(gradient mean) | gradient sd | abs(mean) / sd | median abs(gradient) "
+             "| weight-decay pull |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in ROWS:
+        stats = [gate_stats(out / slug(name) / f"seed{seed}", weight_decay)
+                 for seed in results.get(name, {})]
+        stats = [x for x in stats if x]
+        if not stats:
+            continue
+        mean = {key: statistics.fmean(x[key] for x in stats) for key in stats[0]}
+        lines.append(f"| {name} | {mean['mean']:.3f} | {mean['sd']:.3f} | {mean['snr']:.2f} "
+                     f"| {mean['typical']:.3f} | {mean['pull']:.1e} |")
     return "\n".join(lines)
 
 
@@ -142,7 +181,10 @@ def main(argv=None) -> None:
             print(f"{name}, seed {seed}: mAP {100 * r['mAP']:.1f} %, R1 "
                   f"{100 * r['rank1']:.1f} %, alpha {r['alpha']}, {r['seconds']:.0f} s",
                   flush=True)
-    print(table({k: v for k, v in results.items() if k in ROWS}, args.seeds))
+    results = {k: v for k, v in results.items() if k in ROWS}
+    print(table(results, args.seeds))
+    print("\nthe attention gate (logged steps of every seed, averaged over the seeds):")
+    print(gate_table(out, results, args.config))
 
 
 if __name__ == "__main__":
