@@ -123,10 +123,11 @@ def gate_stats(workdir: Path, weight_decay: float) -> dict | None:
 
 
 def gate_table(out: Path, results: dict, config_path: str) -> str:
-    weight_decay = configured(config_path, [], 0).optim.weight_decay
     lines = ["| row | abs(gradient mean) | gradient sd | abs(mean) / sd | median abs(gradient) "
              "| weight-decay pull |", "| --- | --- | --- | --- | --- | --- |"]
     for name in ROWS:
+        o = configured(config_path, ROWS[name], 0).optim
+        weight_decay = o.weight_decay if o.alpha_weight_decay else 0.0
         stats = [gate_stats(out / slug(name) / f"seed{seed}", weight_decay)
                  for seed in results.get(name, {})]
         stats = [x for x in stats if x]
