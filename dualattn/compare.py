@@ -104,6 +104,9 @@ def train_both(config) -> None:
     result = train_side_by_side(config, torch_device=FLAGS.torch_device,
                                 reference_steps=FLAGS.reference_steps,
                                 on_evaluation=evaluation, on_reference=reference)
+    if result.reference_agreement is not None:
+        print(f"float64 reference: ours and torch's losses agree to "
+              f"{result.reference_agreement:.1e} over those steps")
     print(f"\n{result.separation.describe()}")
     if result.gate:
         print(f"attention gate alpha at the end: ours {result.gate[-1][0]:+.5f}, twin "

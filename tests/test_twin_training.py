@@ -34,6 +34,7 @@ def test_first_steps_losses_agree_and_are_rounding_against_float64(side_by_side)
     it (floored at float32's unit roundoff), compare's verdict rule."""
     _, result = side_by_side
     assert len(result.reference) == REFERENCE_STEPS
+    assert result.reference_agreement < 1e-12  # the truth does not depend on the framework
     for row in result.reference:
         assert row.ours_torch < 1e-5, row
         assert not row.flagged(UNIT_ROUNDOFF["float32"]), row.verdict(UNIT_ROUNDOFF["float32"])

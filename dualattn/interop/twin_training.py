@@ -241,6 +241,9 @@ class SideBySide:
     reference: list[Row]  # the first steps' losses against float64
     losses: list[tuple[float, float]]  # (ours, twin) total loss of every step
     gate: list[tuple[float, float]] | None = None  # (ours, twin) alpha after every step
+    # The float64 pair's own agreement, ours against the twin's (relative, worst step): the
+    # truth the reference rows use does not depend on the framework.
+    reference_agreement: float | None = None
 
 
 def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: int = 0,
@@ -261,7 +264,7 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
     make_batch = jax.jit(functools.partial(augment, cfg=augment_config(config)))
     base_rng = jax.random.key(config.seed)
     separation, evaluations, rows, losses, gate = Separation(), [], [], [], []
-    since = []
+    since, agreement = [], []
     batches = train_dataset(data.sources["train"], data.sampler,
                             image_size=(config.input.height, config.input.width),
                             start_step=0, num_steps=total, process_index=0, process_count=1,
@@ -277,6 +280,7 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
         if step < reference_steps:
             with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
                 truth = reference(x.astype(np.float64), batch["label"])
+            agreement.append(abs(truth.ours["loss"] - truth.twin["loss"]) / abs(truth.twin["loss"]))
             rows.append(reference_row(record, truth))
             on_reference(rows[-1])
         if evaluation_due(config, step + 1, spe):
@@ -287,12 +291,14 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
                                           pair.parameter_distance()))
             since = []
             on_evaluation(evaluations[-1])
-    return SideBySide(evaluations, separation, rows, losses, gate or None)
+    return SideBySide(evaluations, separation, rows, losses, gate or None,
+                      max(agreement) if agreement else None)
 
 
 def reference_row(record: StepRecord, truth: StepRecord) -> Row:
     """One step's total loss, ours and the twin's, each against the float64 pair's
-    (``truth``: ours in float64, which agrees with the twin's float64 to ~1e-15). As in
+    (``truth``: ours in float64; ``SideBySide.reference_agreement`` says how closely the
+    twin's float64 agrees with it). As in
     ``compare``, a loss is judged against the error its inputs carry (the twin's features and
     logits against float64's): a scalar can land near the truth by chance."""
     o, t, f64 = record.ours["loss"], record.twin["loss"], truth.ours["loss"]
