@@ -122,8 +122,7 @@ class TwinPair:
         self.optimizer.step()
         with torch.no_grad():
             t_pos, t_neg = torch_hardest_pairs(torch_pairwise_euclidean(t_feats), yt)
-            twin = {"loss": float(total), **{k: float(v) for k, v in terms.items()},
-                    "accuracy": float((logits.argmax(1) == yt).float().mean())}
+            twin = {"loss": float(total), **{k: float(v) for k, v in terms.items()}}
         picks = {"positive": (np.asarray(pos), t_pos.cpu().numpy()),
                  "negative": (np.asarray(neg), t_neg.cpu().numpy())}
         flips = [(int(a), kind, int(o[a]), int(t[a]))
@@ -216,7 +215,6 @@ class Separation:
                 "step" + (f"; later {flip}" if flip else ""))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The whole run
 
@@ -263,8 +261,7 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
     evaluator = ReIDEvaluator(config, data)
     make_batch = jax.jit(functools.partial(augment, cfg=augment_config(config)))
     base_rng = jax.random.key(config.seed)
-    separation, evaluations, rows, losses, gate = Separation(), [], [], [], []
-    since, agreement = [], []
+    separation, evaluations, rows, losses, gate, agreement = Separation(), [], [], [], [], []
     batches = train_dataset(data.sources["train"], data.sampler,
                             image_size=(config.input.height, config.input.width),
                             start_step=0, num_steps=total, process_index=0, process_count=1,
@@ -274,7 +271,6 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
         record = pair(x, batch["label"])
         separation.update(record)
         losses.append((record.ours["loss"], record.twin["loss"]))
-        since.append(losses[-1])
         if "alpha" in record.ours:
             gate.append((record.ours["alpha"], pair.twin.attention.alpha.item()))
         if step < reference_steps:
@@ -285,11 +281,11 @@ def train_side_by_side(config, *, torch_device: str = "cpu", reference_steps: in
             on_reference(rows[-1])
         if evaluation_due(config, step + 1, spe):
             ours, twin = (evaluator(m).rates() for m in (pair.ours_model(), pair.twin_model()))
-            mean = np.mean(since, axis=0)
+            since = evaluations[-1].step if evaluations else 0
+            mean = np.mean(losses[since:], axis=0)
             evaluations.append(Evaluation(step + 1, (step + 1) // spe, float(mean[0]),
                                           float(mean[1]), ours, twin,
                                           pair.parameter_distance()))
-            since = []
             on_evaluation(evaluations[-1])
     return SideBySide(evaluations, separation, rows, losses, gate or None,
                       max(agreement) if agreement else None)
