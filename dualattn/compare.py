@@ -31,6 +31,7 @@ import jax
 from absl import flags
 
 from dualattn import cli
+from dualattn.config_check import check_config
 from dualattn.errors import ConfigError
 from dualattn.interop.numerics import (
     build_pair,
@@ -83,14 +84,17 @@ def train_both(config) -> None:
         raise ConfigError("compare --train runs float32; pass --config.model.dtype=float32")
     if FLAGS.seeds < 2:
         raise ConfigError("--seeds must be at least 2 for a spread")
+    check_config(config, devices=1)  # it trains on one device
     print(f"ours (JAX on {jax.devices()[0].platform}) and the PyTorch twin (on "
           f"{FLAGS.torch_device}) on {config.dataset.name}, seed {config.seed}, from the same "
           "weights and on the same batches; float32, TF32 off", flush=True)
-    header = []
+    evaluations = 0
 
-    def evaluation(e):
-        if not header:
-            header.append(print(EVALUATION_HEAD))
+    def evaluation(e):  # the table's head before its first row, after the float64 table
+        nonlocal evaluations
+        if not evaluations:
+            print(EVALUATION_HEAD)
+        evaluations += 1
         print(format_evaluation(e), flush=True)
 
     rows = []
@@ -130,6 +134,7 @@ def main(argv):
         train_both(config)
         return
     compared_precision(config)
+    check_config(config)
     check_twin_objective(config)
     num_classes = FLAGS.num_classes
     if num_classes is None:

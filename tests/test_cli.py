@@ -60,6 +60,13 @@ def test_compare_refuses_a_file_that_is_not_weights(tmp_path):
     assert_one_error_line(proc, "is not a complete .safetensors file")
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_compare_checks_the_config_before_any_work(train):
+    proc = run_command("dualattn.compare", "--config", "configs/tiny.py",
+                       "--config.model.conv_init=xavier", *(["--train"] if train else []))
+    assert_one_error_line(proc, "model.conv_init='xavier': one of")
+
+
 def test_console_scripts_are_the_modules_commands():
     """``pip install`` puts a ``dualattn-*`` command beside each ``python -m`` entry point;
     each is that module's ``command``, and runs like it."""
